@@ -53,11 +53,20 @@ impl Rewriter {
             .iter()
             .map(|(n, t)| match t {
                 Tag::Root => new_root_b.clone(),
-                Tag::Interp => interps.iter().find(|p| &p.0 == n).map(|p| p.1.clone()).unwrap_or_default(),
+                Tag::Interp => interps
+                    .iter()
+                    .find(|p| &p.0 == n)
+                    .map(|p| p.1.clone())
+                    .unwrap_or_default(),
             })
             .collect();
         let old_root_len = roots.iter().map(Vec::len).min().unwrap_or(0);
-        Rewriter { needles, repl, new_root: new_root_b, old_root_len }
+        Rewriter {
+            needles,
+            repl,
+            new_root: new_root_b,
+            old_root_len,
+        }
     }
 
     pub fn is_noop(&self) -> bool {
@@ -188,7 +197,11 @@ fn parse_shebang(s: &[u8]) -> Option<Shebang> {
     let line = line.strip_prefix(b" ").unwrap_or(line);
     let sp = line.iter().position(|&b| b == b' ' || b == b'\t').unwrap_or(line.len());
     let end = if l1 < s.len() { l1 + 1 } else { l1 };
-    Some(Shebang { end, exe: line[..sp].to_vec(), post: line[sp..].to_vec() })
+    Some(Shebang {
+        end,
+        exe: line[..sp].to_vec(),
+        post: line[sp..].to_vec(),
+    })
 }
 
 /// The shebang distlib (pip) and uv write: plain when it fits and has no space, else the
@@ -271,7 +284,12 @@ pub fn rewrite_content(rel: &str, content: &[u8], rw: &Rewriter) -> Outcome {
 /// conda-style prefix replacement: each C string starting with the old root becomes the new
 /// root + the same suffix, NUL-padded to the old length, so offsets in the binary stay valid.
 fn rewrite_binary(content: &[u8], rw: &Rewriter) -> Outcome {
-    let hits: Vec<_> = rw.needles.find_all(content).into_iter().filter(|(_, k)| rw.needles.tag(*k) == Tag::Root).collect();
+    let hits: Vec<_> = rw
+        .needles
+        .find_all(content)
+        .into_iter()
+        .filter(|(_, k)| rw.needles.tag(*k) == Tag::Root)
+        .collect();
     if hits.is_empty() {
         return Outcome::Unchanged;
     }
@@ -284,7 +302,10 @@ fn rewrite_binary(content: &[u8], rw: &Rewriter) -> Outcome {
         if rw.new_root.len() > old_len {
             return Outcome::BinaryTooLong(hits.len() as u32);
         }
-        let end = content[pos..].iter().position(|&b| b == 0).map_or(content.len(), |p| pos + p);
+        let end = content[pos..]
+            .iter()
+            .position(|&b| b == 0)
+            .map_or(content.len(), |p| pos + p);
         let mut seg = rw.new_root.clone();
         seg.extend_from_slice(&content[pos + old_len..end]);
         seg.resize(end - pos, 0);
@@ -295,21 +316,21 @@ fn rewrite_binary(content: &[u8], rw: &Rewriter) -> Outcome {
 
 /// Replace `path` with `content`, keeping mode, owner and mtime (and the parent's mtime).
 pub fn replace_file(path: &Path, content: &[u8]) -> Result<()> {
-    let md = std::fs::symlink_metadata(path).map_err(|e| Error::io(path, e))?;
+    let md = std::fs::symlink_metadata(path).map_err(|e| Error::io("stat", path, e))?;
     let parent = path.parent().unwrap_or(Path::new("."));
-    let pmd = std::fs::metadata(parent).map_err(|e| Error::io(parent, e))?;
+    let pmd = std::fs::metadata(parent).map_err(|e| Error::io("stat", parent, e))?;
     let tmp = tmp_name(path);
-    std::fs::write(&tmp, content).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::write(&tmp, content).map_err(|e| Error::io("write", &tmp, e))?;
     finish_replace(&tmp, path, &md, &pmd)
 }
 
 /// Replace `path` with a copy of `src` (a new interpreter binary for `--copies` venvs).
 pub fn replace_with_copy(path: &Path, src: &Path) -> Result<()> {
-    let md = std::fs::symlink_metadata(path).map_err(|e| Error::io(path, e))?;
+    let md = std::fs::symlink_metadata(path).map_err(|e| Error::io("stat", path, e))?;
     let parent = path.parent().unwrap_or(Path::new("."));
-    let pmd = std::fs::metadata(parent).map_err(|e| Error::io(parent, e))?;
+    let pmd = std::fs::metadata(parent).map_err(|e| Error::io("stat", parent, e))?;
     let tmp = tmp_name(path);
-    std::fs::copy(src, &tmp).map_err(|e| Error::io(src, e))?;
+    std::fs::copy(src, &tmp).map_err(|e| Error::io("copy", src, e))?;
     finish_replace(&tmp, path, &md, &pmd)
 }
 
@@ -321,13 +342,14 @@ fn tmp_name(path: &Path) -> PathBuf {
 
 fn finish_replace(tmp: &Path, path: &Path, md: &std::fs::Metadata, pmd: &std::fs::Metadata) -> Result<()> {
     let res = (|| {
-        std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(md.mode() & 0o7777)).map_err(|e| Error::io(tmp, e))?;
+        std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(md.mode() & 0o7777))
+            .map_err(|e| Error::io("chmod", tmp, e))?;
         if unsafe { libc::geteuid() } == 0 {
-            std::os::unix::fs::lchown(tmp, Some(md.uid()), Some(md.gid())).map_err(|e| Error::io(tmp, e))?;
+            std::os::unix::fs::lchown(tmp, Some(md.uid()), Some(md.gid())).map_err(|e| Error::io("chown", tmp, e))?;
         }
         let mt = filetime::FileTime::from_last_modification_time(md);
-        filetime::set_file_mtime(tmp, mt).map_err(|e| Error::io(tmp, e))?;
-        std::fs::rename(tmp, path).map_err(|e| Error::io(path, e))
+        filetime::set_file_mtime(tmp, mt).map_err(|e| Error::io("set mtime of", tmp, e))?;
+        std::fs::rename(tmp, path).map_err(|e| Error::io("rename onto", path, e))
     })();
     if res.is_err() {
         let _ = std::fs::remove_file(tmp);
@@ -354,32 +376,42 @@ pub fn is_python_name(name: &str) -> bool {
 pub fn retarget_pythons(venv: &Path, new: &Interpreter) -> Result<Vec<Rewritten>> {
     let bin = venv.join("bin");
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(&bin) else { return Ok(out) };
-    let pmd = std::fs::metadata(&bin).map_err(|e| Error::io(&bin, e))?;
+    let Ok(rd) = std::fs::read_dir(&bin) else {
+        return Ok(out);
+    };
+    let pmd = std::fs::metadata(&bin).map_err(|e| Error::io("stat", &bin, e))?;
     let mut names: Vec<_> = rd.filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
     names.sort();
-    let real_new = std::fs::canonicalize(&new.executable).map_err(|e| Error::io(&new.executable, e))?;
+    let real_new = std::fs::canonicalize(&new.executable).map_err(|e| Error::io("resolve", &new.executable, e))?;
     for name in names {
         let Some(s) = name.to_str() else { continue };
         if !is_python_name(s) {
             continue;
         }
         let p = bin.join(&name);
-        let md = std::fs::symlink_metadata(&p).map_err(|e| Error::io(&p, e))?;
+        let md = std::fs::symlink_metadata(&p).map_err(|e| Error::io("stat", &p, e))?;
         if md.file_type().is_symlink() {
-            let target = std::fs::read_link(&p).map_err(|e| Error::io(&p, e))?;
+            let target = std::fs::read_link(&p).map_err(|e| Error::io("read link", &p, e))?;
             let internal = target.is_relative() && !target.components().any(|c| c == std::path::Component::ParentDir);
             if internal || target == new.executable {
                 continue;
             }
             let tmp = tmp_name(&p);
             let _ = std::fs::remove_file(&tmp);
-            std::os::unix::fs::symlink(&new.executable, &tmp).map_err(|e| Error::io(&tmp, e))?;
-            std::fs::rename(&tmp, &p).map_err(|e| Error::io(&p, e))?;
-            out.push(Rewritten { path: format!("bin/{s}"), action: Action::PythonRelinked, replacements: 1 });
+            std::os::unix::fs::symlink(&new.executable, &tmp).map_err(|e| Error::io("create symlink", &tmp, e))?;
+            std::fs::rename(&tmp, &p).map_err(|e| Error::io("rename onto", &p, e))?;
+            out.push(Rewritten {
+                path: format!("bin/{s}"),
+                action: Action::PythonRelinked,
+                replacements: 1,
+            });
         } else if md.is_file() && is_elf(&p) {
             replace_with_copy(&p, &real_new)?;
-            out.push(Rewritten { path: format!("bin/{s}"), action: Action::PythonCopied, replacements: 1 });
+            out.push(Rewritten {
+                path: format!("bin/{s}"),
+                action: Action::PythonCopied,
+                replacements: 1,
+            });
         }
     }
     restore_dir_mtime(&bin, &pmd);
@@ -444,15 +476,23 @@ pub fn rewrite_pyvenv_cfg(text: &str, rw: &Rewriter, new: Option<&Interpreter>) 
 pub fn missing_editables(venv: &Path) -> Vec<(String, PathBuf)> {
     let mut out = BTreeSet::new();
     for lib in ["lib", "lib64"] {
-        let Ok(rd) = std::fs::read_dir(venv.join(lib)) else { continue };
+        let Ok(rd) = std::fs::read_dir(venv.join(lib)) else {
+            continue;
+        };
         for py in rd.filter_map(|e| e.ok()) {
             let sp = py.path().join("site-packages");
             let Ok(rd2) = std::fs::read_dir(&sp) else { continue };
             for d in rd2.filter_map(|e| e.ok()) {
                 let name = d.file_name().to_string_lossy().to_string();
-                let Some(stem) = name.strip_suffix(".dist-info") else { continue };
-                let Ok(txt) = std::fs::read_to_string(d.path().join("direct_url.json")) else { continue };
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&txt) else { continue };
+                let Some(stem) = name.strip_suffix(".dist-info") else {
+                    continue;
+                };
+                let Ok(txt) = std::fs::read_to_string(d.path().join("direct_url.json")) else {
+                    continue;
+                };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&txt) else {
+                    continue;
+                };
                 if v["dir_info"]["editable"].as_bool() != Some(true) {
                     continue;
                 }
@@ -504,15 +544,26 @@ mod tests {
 
     #[test]
     fn console_script_shebang_points_at_new_venv() {
-        let (s, a) = changed(rewrite_content("bin/black", b"#!/w/venv/bin/python\nimport sys\n", &rw("/x/v")));
+        let (s, a) = changed(rewrite_content(
+            "bin/black",
+            b"#!/w/venv/bin/python\nimport sys\n",
+            &rw("/x/v"),
+        ));
         assert_eq!(s, "#!/x/v/bin/python\nimport sys\n");
         assert_eq!(a, Action::Shebang);
     }
 
     #[test]
     fn shebang_with_space_becomes_distlib_trampoline_and_back() {
-        let (s, _) = changed(rewrite_content("bin/black", b"#!/w/venv/bin/python -E\nimport sys\n", &rw("/x y/v")));
-        assert_eq!(s, "#!/bin/sh\n'''exec' \"/x y/v/bin/python\" -E \"$0\" \"$@\"\n' '''\nimport sys\n");
+        let (s, _) = changed(rewrite_content(
+            "bin/black",
+            b"#!/w/venv/bin/python -E\nimport sys\n",
+            &rw("/x y/v"),
+        ));
+        assert_eq!(
+            s,
+            "#!/bin/sh\n'''exec' \"/x y/v/bin/python\" -E \"$0\" \"$@\"\n' '''\nimport sys\n"
+        );
         let back = Rewriter::new(&[b"/x y/v".to_vec()], Path::new("/w/venv"), None);
         let (s2, _) = changed(rewrite_content("bin/black", s.as_bytes(), &back));
         assert_eq!(s2, "#!/w/venv/bin/python -E\nimport sys\n");
@@ -535,8 +586,15 @@ mod tests {
     fn unquoted_virtualenv_activate_gets_quoted_for_spaces() {
         let src = b"VIRTUAL_ENV=/w/venv\nexport PATH=\"$VIRTUAL_ENV/bin:$PATH\"\nX=\"/w/venv\"\n";
         let (s, _) = changed(rewrite_content("bin/activate", src, &rw("/a b/v")));
-        assert_eq!(s, "VIRTUAL_ENV='/a b/v'\nexport PATH=\"$VIRTUAL_ENV/bin:$PATH\"\nX=\"/a b/v\"\n");
-        let (s, _) = changed(rewrite_content("bin/activate.fish", b"set -gx VIRTUAL_ENV /w/venv\n", &rw("/a b/v")));
+        assert_eq!(
+            s,
+            "VIRTUAL_ENV='/a b/v'\nexport PATH=\"$VIRTUAL_ENV/bin:$PATH\"\nX=\"/a b/v\"\n"
+        );
+        let (s, _) = changed(rewrite_content(
+            "bin/activate.fish",
+            b"set -gx VIRTUAL_ENV /w/venv\n",
+            &rw("/a b/v"),
+        ));
         assert_eq!(s, "set -gx VIRTUAL_ENV '/a b/v'\n");
         let (s, _) = changed(rewrite_content("bin/activate", b"VIRTUAL_ENV=/w/venv\n", &rw("/short")));
         assert_eq!(s, "VIRTUAL_ENV=/short\n");
@@ -553,7 +611,10 @@ mod tests {
             }
             _ => panic!(),
         }
-        assert!(matches!(rewrite_content("lib/a.so", bin, &rw("/longer/venv")), Outcome::BinaryTooLong(1)));
+        assert!(matches!(
+            rewrite_content("lib/a.so", bin, &rw("/longer/venv")),
+            Outcome::BinaryTooLong(1)
+        ));
     }
 
     #[test]

@@ -50,7 +50,12 @@ impl Interpreter {
         minor_of(&self.version)
     }
     pub fn describe(&self) -> String {
-        format!("{} {} ({})", pretty_impl(&self.implementation), self.version, self.executable.display())
+        format!(
+            "{} {} ({})",
+            pretty_impl(&self.implementation),
+            self.version,
+            self.executable.display()
+        )
     }
 }
 
@@ -101,7 +106,8 @@ pub fn probe(python: &Path) -> Result<Probe> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let out = run_with_timeout(cmd, PROBE_TIMEOUT).map_err(|e| Error::Other(format!("{}: cannot run: {e}", python.display())))?;
+    let out = run_with_timeout(cmd, PROBE_TIMEOUT)
+        .map_err(|e| Error::Other(format!("{}: cannot run: {e}", python.display())))?;
     if !out.0 {
         return Err(Error::Other(format!(
             "{}: probe failed: {}",
@@ -110,8 +116,13 @@ pub fn probe(python: &Path) -> Result<Probe> {
         )));
     }
     let line = String::from_utf8_lossy(&out.1);
-    let p: ProbeOut = serde_json::from_str(line.trim())
-        .map_err(|e| Error::Other(format!("{}: unexpected probe output ({e}): {}", python.display(), line.trim())))?;
+    let p: ProbeOut = serde_json::from_str(line.trim()).map_err(|e| {
+        Error::Other(format!(
+            "{}: unexpected probe output ({e}): {}",
+            python.display(),
+            line.trim()
+        ))
+    })?;
     let base_exe = PathBuf::from(&p.base_executable);
     let home = base_exe.parent().map(Path::to_path_buf).unwrap_or_default();
     Ok(Probe {
@@ -159,7 +170,10 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> std::io::Result<
         if start.elapsed() > timeout {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("timed out after {timeout:?}")));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("timed out after {timeout:?}"),
+            ));
         }
         std::thread::sleep(Duration::from_millis(10));
     };
@@ -187,7 +201,7 @@ impl PyvenvCfg {
     }
     pub fn read(venv: &Path) -> Result<Self> {
         let p = venv.join("pyvenv.cfg");
-        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        let text = std::fs::read_to_string(&p).map_err(|e| Error::io("read", &p, e))?;
         Ok(Self::parse(&text))
     }
     pub fn get(&self, key: &str) -> Option<&str> {
@@ -228,7 +242,11 @@ impl PyvenvCfg {
             .or_else(|| self.get("executable"))
             .map(PathBuf::from)
             .unwrap_or_else(|| {
-                let name = if implementation == "pypy" { "pypy3".to_string() } else { format!("python{minor}") };
+                let name = if implementation == "pypy" {
+                    "pypy3".to_string()
+                } else {
+                    format!("python{minor}")
+                };
                 Path::new(home).join(name)
             });
         Ok(Interpreter {
@@ -271,7 +289,7 @@ pub fn inspect(root: &Path) -> Result<VenvInfo> {
         if e.kind() == std::io::ErrorKind::NotFound {
             Error::Usage(format!("{}: no such directory", root.display()))
         } else {
-            Error::io(root, e)
+            Error::io("stat", root, e)
         }
     })?;
     if !md.is_dir() {
@@ -295,13 +313,26 @@ pub fn inspect(root: &Path) -> Result<VenvInfo> {
                     interp.home = c.home.clone();
                 }
             }
-            Ok(VenvInfo { root: root.to_path_buf(), cfg, interpreter: interp, probe_error: None })
+            Ok(VenvInfo {
+                root: root.to_path_buf(),
+                cfg,
+                interpreter: interp,
+                probe_error: None,
+            })
         }
         Err(e) => {
             let interp = from_cfg.map_err(|ce| {
-                Error::Other(format!("{}: cannot run the venv's python ({e}) and {ce}", root.display()))
+                Error::Other(format!(
+                    "{}: cannot run the venv's python ({e}) and {ce}",
+                    root.display()
+                ))
             })?;
-            Ok(VenvInfo { root: root.to_path_buf(), cfg, interpreter: interp, probe_error: Some(e.to_string()) })
+            Ok(VenvInfo {
+                root: root.to_path_buf(),
+                cfg,
+                interpreter: interp,
+                probe_error: Some(e.to_string()),
+            })
         }
     }
 }

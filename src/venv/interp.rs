@@ -49,7 +49,7 @@ pub fn resolve(py: &Path, exclude_prefix: Option<&Path>) -> Result<Interpreter> 
     // The stdlib venv resolves `home` from sys._base_executable's directory; an executable
     // that is itself a relative or shim path would make a venv that breaks when PATH changes.
     if !i.executable.is_absolute() {
-        i.executable = std::fs::canonicalize(&i.executable).map_err(|e| Error::io(&i.executable, e))?;
+        i.executable = std::fs::canonicalize(&i.executable).map_err(|e| Error::io("resolve", &i.executable, e))?;
         i.home = i.executable.parent().map(Path::to_path_buf).unwrap_or_default();
     }
     Ok(i)
@@ -86,16 +86,26 @@ pub fn choose(
                 orig.base_prefix = i.base_prefix.or(orig.base_prefix);
                 orig.base_exec_prefix = i.base_exec_prefix.or(orig.base_exec_prefix);
                 orig.source = "probe".into();
-                return Ok(Choice { interpreter: orig, reason: Reason::Original });
+                return Ok(Choice {
+                    interpreter: orig,
+                    reason: Reason::Original,
+                });
             }
         }
     }
     // 2. --python PY: must match too; a wrong minor is a miss, not a silent mismatch.
     if let Some(py) = explicit {
-        let py = if py.components().count() == 1 { which(py, path_var.as_ref()).unwrap_or(py.to_path_buf()) } else { py.to_path_buf() };
+        let py = if py.components().count() == 1 {
+            which(py, path_var.as_ref()).unwrap_or(py.to_path_buf())
+        } else {
+            py.to_path_buf()
+        };
         let i = resolve(&py, Some(venv_dest)).map_err(|e| Error::Usage(format!("--python {}: {e}", py.display())))?;
         if compatible(want, &i) {
-            return Ok(Choice { interpreter: i, reason: Reason::Explicit });
+            return Ok(Choice {
+                interpreter: i,
+                reason: Reason::Explicit,
+            });
         }
         return Err(Error::Miss(format!(
             "venv snapshot needs {need} (saved with {}), but --python {} is {} {}",
@@ -118,18 +128,32 @@ pub fn choose(
                 if !is_executable(&cand) {
                     continue;
                 }
-                let Ok(i) = resolve(&cand, Some(venv_dest)) else { continue };
+                let Ok(i) = resolve(&cand, Some(venv_dest)) else {
+                    continue;
+                };
                 if !seen.insert(i.executable.clone()) {
                     continue;
                 }
                 if compatible(want, &i) {
-                    return Ok(Choice { interpreter: i, reason: Reason::Path });
+                    return Ok(Choice {
+                        interpreter: i,
+                        reason: Reason::Path,
+                    });
                 }
-                found.push(format!("{} {} ({})", pretty_impl(&i.implementation), i.version, cand.display()));
+                found.push(format!(
+                    "{} {} ({})",
+                    pretty_impl(&i.implementation),
+                    i.version,
+                    cand.display()
+                ));
             }
         }
     }
-    let saw = if found.is_empty() { "no other Python".to_string() } else { found.join(", ") };
+    let saw = if found.is_empty() {
+        "no other Python".to_string()
+    } else {
+        found.join(", ")
+    };
     Err(Error::Miss(format!(
         "venv snapshot needs {need} (saved with {}, which is gone); found on PATH: {saw}; install Python {} or pass --python",
         want.describe(),
@@ -138,7 +162,9 @@ pub fn choose(
 }
 
 fn which(name: &Path, path_var: Option<&OsString>) -> Option<PathBuf> {
-    std::env::split_paths(path_var?).map(|d| d.join(name)).find(|p| is_executable(p))
+    std::env::split_paths(path_var?)
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {

@@ -55,7 +55,10 @@ impl VenvMeta {
 
 /// Interpreter paths a venv's files may name (longest match wins in the scanner).
 fn interp_paths(i: &Interpreter) -> Vec<Vec<u8>> {
-    let mut v = vec![i.executable.as_os_str().as_bytes().to_vec(), i.home.as_os_str().as_bytes().to_vec()];
+    let mut v = vec![
+        i.executable.as_os_str().as_bytes().to_vec(),
+        i.home.as_os_str().as_bytes().to_vec(),
+    ];
     for p in [&i.base_prefix, &i.base_exec_prefix].into_iter().flatten() {
         v.push(p.as_os_str().as_bytes().to_vec());
     }
@@ -64,7 +67,7 @@ fn interp_paths(i: &Interpreter) -> Vec<Vec<u8>> {
 
 /// Absolute without resolving symlinks.
 pub fn absolute(p: &Path) -> Result<PathBuf> {
-    std::path::absolute(p).map_err(|e| Error::io(p, e))
+    std::path::absolute(p).map_err(|e| Error::io("resolve", p, e))
 }
 
 /// Inspect `path` and build the meta + scanner for a save.
@@ -126,14 +129,18 @@ pub struct RestorePlan {
 impl RestorePlan {
     /// Does this manifest entry (by its note) need a private, rewritten copy?
     pub fn needs_private(&self, note: Option<&str>) -> bool {
-        note.and_then(Note::parse).is_some_and(|n| n.needs_fixup(self.root_moved, self.interp_changed))
+        note.and_then(Note::parse)
+            .is_some_and(|n| n.needs_fixup(self.root_moved, self.interp_changed))
     }
 }
 
 /// Characters that cannot be written safely into every activate script's quoting.
 fn check_dest(dest: &Path) -> Result<()> {
     let b = dest.as_os_str().as_bytes();
-    if let Some(c) = b.iter().find(|c| matches!(c, b'"' | b'\'' | b'`' | b'$' | b'\\' | b'\n' | b'\r')) {
+    if let Some(c) = b
+        .iter()
+        .find(|c| matches!(c, b'"' | b'\'' | b'`' | b'$' | b'\\' | b'\n' | b'\r'))
+    {
         return Err(Error::Usage(format!(
             "{}: a venv cannot be restored to a path containing {:?} (activate scripts and shebangs could not quote it)",
             dest.display(),
@@ -144,14 +151,25 @@ fn check_dest(dest: &Path) -> Result<()> {
 }
 
 /// Step 1 of a restore (writes nothing): validate the destination and choose the interpreter.
-pub fn decide(meta: &serde_json::Value, dest: &Path, python: Option<&Path>, path_var: Option<OsString>) -> Result<RestorePlan> {
+pub fn decide(
+    meta: &serde_json::Value,
+    dest: &Path,
+    python: Option<&Path>,
+    path_var: Option<OsString>,
+) -> Result<RestorePlan> {
     let meta = VenvMeta::from_snapshot_meta(meta)?;
     let dest = absolute(dest)?;
     check_dest(&dest)?;
     let choice = interp::choose(&meta.interpreter, python, path_var, &dest)?;
     let root_moved = !meta.roots.iter().any(|r| *r == dest);
     let interp_changed = choice.reason != interp::Reason::Original;
-    Ok(RestorePlan { meta, dest, choice, root_moved, interp_changed })
+    Ok(RestorePlan {
+        meta,
+        dest,
+        choice,
+        root_moved,
+        interp_changed,
+    })
 }
 
 /// Step 2: fix up the staged tree at `staged` (final location `plan.dest`), then smoke-test.
@@ -179,12 +197,16 @@ pub fn fixup_staged(plan: &RestorePlan, staged: &Path, fixup_rels: &[Vec<u8>]) -
             _ => continue,
         };
         let _ = md;
-        let content = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+        let content = std::fs::read(&p).map_err(|e| Error::io("read", &p, e))?;
         match fixup::rewrite_content(&rel_s, &content, &rw) {
             Outcome::Unchanged => {}
             Outcome::Changed(b, action, n) => {
                 fixup::replace_file(&p, &b)?;
-                rewritten.push(Rewritten { path: rel_s, action, replacements: n });
+                rewritten.push(Rewritten {
+                    path: rel_s,
+                    action,
+                    replacements: n,
+                });
             }
             Outcome::BinaryTooLong(_) => too_long.push(rel_s),
         }
@@ -199,11 +221,15 @@ pub fn fixup_staged(plan: &RestorePlan, staged: &Path, fixup_rels: &[Vec<u8>]) -
     }
     // pyvenv.cfg: always consistent with bin/python.
     let cfg = staged.join("pyvenv.cfg");
-    let text = std::fs::read_to_string(&cfg).map_err(|e| Error::io(&cfg, e))?;
+    let text = std::fs::read_to_string(&cfg).map_err(|e| Error::io("read", &cfg, e))?;
     let new_text = fixup::rewrite_pyvenv_cfg(&text, &rw, plan.interp_changed.then_some(new));
     if new_text != text {
         fixup::replace_file(&cfg, new_text.as_bytes())?;
-        rewritten.push(Rewritten { path: "pyvenv.cfg".into(), action: Action::Config, replacements: 1 });
+        rewritten.push(Rewritten {
+            path: "pyvenv.cfg".into(),
+            action: Action::Config,
+            replacements: 1,
+        });
     }
     if plan.interp_changed {
         rewritten.extend(fixup::retarget_pythons(staged, new)?);
@@ -221,14 +247,7 @@ pub fn fixup_staged(plan: &RestorePlan, staged: &Path, fixup_rels: &[Vec<u8>]) -
     Ok(VenvRestoreReport {
         dest: plan.dest.clone(),
         saved_root: plan.meta.root.clone(),
-        interpreter: ChosenInterpreter {
-            path: new.executable.clone(),
-            home: new.home.clone(),
-            version: new.version.clone(),
-            implementation: new.implementation.clone(),
-            reason: plan.choice.reason,
-            saved_with: old.describe(),
-        },
+        interpreter: chosen(plan),
         rewritten,
         warnings,
         fixup_seconds,
@@ -254,6 +273,141 @@ pub fn smoke_test(venv: &Path) -> Result<()> {
             "smoke test `bin/python -c \"{SMOKE}\"` failed, restore rolled back: {}",
             String::from_utf8_lossy(&err).trim()
         ))),
-        Err(e) => Err(Error::Other(format!("smoke test: cannot run {}: {e}; restore rolled back", py.display()))),
+        Err(e) => Err(Error::Other(format!(
+            "smoke test: cannot run {}: {e}; restore rolled back",
+            py.display()
+        ))),
+    }
+}
+
+impl crate::save::ContentScanner for VenvScanner {
+    fn id(&self) -> String {
+        self.needles.fingerprint()
+    }
+    fn scan(&self, rel: &[u8], content: &[u8]) -> Option<String> {
+        self.scan_content(rel, content)
+            .and_then(|n| serde_json::to_string(&n).ok())
+    }
+}
+
+/// What `save venv` did: the core's save report plus what the venv inspection found.
+#[derive(Clone, Debug, Serialize)]
+pub struct VenvSaveReport {
+    pub save: crate::save::SaveReport,
+    pub venv: VenvMeta,
+    /// Files holding the venv root or interpreter paths (rewritten on restore when needed).
+    pub files_with_paths: u64,
+}
+
+/// `envsnap save venv PATH --key KEY`.
+pub fn save_venv(
+    store: &crate::Store,
+    path: &Path,
+    key: &str,
+    progress: Option<&dyn crate::progress::Progress>,
+) -> Result<VenvSaveReport> {
+    crate::key::validate(key)?;
+    let (meta, scanner) = prepare_save(path)?;
+    let req = crate::save::SaveRequest {
+        key: key.to_string(),
+        kind: KIND.into(),
+        root: meta.root.clone(),
+        meta: serde_json::json!({ "venv": meta }),
+        selection: crate::save::Selection::Tree,
+        xattrs: false,
+        scanner: Some(&scanner),
+        progress,
+    };
+    let save = crate::save::save(store, req)?;
+    let files_with_paths = store
+        .manifest(save.snapshot_id)?
+        .files()
+        .filter(|e| e.note.as_deref().and_then(Note::parse).is_some_and(|n| n.k != "pyc"))
+        .count() as u64;
+    Ok(VenvSaveReport {
+        save,
+        venv: meta,
+        files_with_paths,
+    })
+}
+
+/// A venv restore's outcome (dry runs stop after the decisions).
+#[derive(Clone, Debug, Serialize)]
+pub struct VenvRestoreOutcome {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+    pub link: String,
+    pub replaces: bool,
+    /// Files materialized as private copies because they need a rewrite.
+    pub private_copies: u64,
+    pub dry_run: bool,
+    pub fixups: Option<VenvRestoreReport>,
+    pub interpreter: ChosenInterpreter,
+}
+
+/// `envsnap restore [PATH]` for a snapshot of kind "venv". Every interpreter decision is made
+/// before anything is written: a miss (no same-minor interpreter) writes nothing.
+pub fn restore(
+    store: &crate::Store,
+    snap: &crate::index::SnapshotRow,
+    dest: &Path,
+    opts: &crate::restore::RestoreOptions,
+    python: Option<&Path>,
+    dry_run: bool,
+    progress: Option<&dyn crate::progress::Progress>,
+) -> Result<VenvRestoreOutcome> {
+    if snap.kind != KIND {
+        return Err(Error::Other(format!(
+            "snapshot {} is a {} snapshot, not a venv",
+            snap.key, snap.kind
+        )));
+    }
+    let decided = decide(&snap.meta, dest, python, std::env::var_os("PATH"))?;
+    let manifest = store.manifest(snap.id)?;
+    let private: std::collections::HashSet<Vec<u8>> = manifest
+        .files()
+        .filter(|e| decided.needs_private(e.note.as_deref()) || (decided.interp_changed && e.path == b"pyvenv.cfg"))
+        .map(|e| e.path.clone())
+        .collect();
+    let mut plan = crate::restore::plan(snap, manifest, &decided.dest, opts)?;
+    plan.private_copies = private.clone();
+    let chosen = chosen(&decided);
+    let mut out = VenvRestoreOutcome {
+        files: plan.files,
+        dirs: plan.dirs,
+        symlinks: plan.symlinks,
+        bytes: plan.bytes,
+        link: plan.link.as_str().to_string(),
+        replaces: plan.replaces,
+        private_copies: private.len() as u64,
+        dry_run,
+        fixups: None,
+        interpreter: chosen,
+    };
+    if dry_run {
+        return Ok(out);
+    }
+    let staged = plan.apply(store, progress)?;
+    out.link = staged.link_used().to_string();
+    let mut rels: Vec<Vec<u8>> = private.into_iter().collect();
+    rels.sort();
+    // On error `staged` is dropped here, which removes the staging dir: nothing at dest.
+    let report = fixup_staged(&decided, staged.path(), &rels)?;
+    staged.commit()?;
+    out.fixups = Some(report);
+    Ok(out)
+}
+
+fn chosen(plan: &RestorePlan) -> ChosenInterpreter {
+    let new = &plan.choice.interpreter;
+    ChosenInterpreter {
+        path: new.executable.clone(),
+        home: new.home.clone(),
+        version: new.version.clone(),
+        implementation: new.implementation.clone(),
+        reason: plan.choice.reason,
+        saved_with: plan.meta.interpreter.describe(),
     }
 }

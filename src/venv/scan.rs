@@ -173,11 +173,17 @@ impl VenvScanner {
         } else {
             "text"
         };
-        let mut note = Note { k: k.into(), ..Default::default() };
+        let mut note = Note {
+            k: k.into(),
+            ..Default::default()
+        };
         let first_line_end = content.iter().position(|&b| b == b'\n').unwrap_or(content.len());
         let header_end = if content.starts_with(b"#!/bin/sh\n'''exec'") {
             // the trampoline's exec line is the second line
-            content[first_line_end + 1..].iter().position(|&b| b == b'\n').map_or(content.len(), |p| first_line_end + 1 + p)
+            content[first_line_end + 1..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(content.len(), |p| first_line_end + 1 + p)
         } else {
             first_line_end
         };
@@ -224,13 +230,20 @@ mod tests {
     #[test]
     fn shebang_and_pyc_classification() {
         let s = VenvScanner::new(n());
-        let note = s.scan_content(b"bin/black", b"#!/w/venv/bin/python\nimport x\n").unwrap();
+        let note = s
+            .scan_content(b"bin/black", b"#!/w/venv/bin/python\nimport x\n")
+            .unwrap();
         assert!(note.sb && note.r == 1 && note.k == "text");
         let t = s
-            .scan_content(b"bin/x", b"#!/bin/sh\n'''exec' \"/w/venv/bin/python\" \"$0\" \"$@\"\n' '''\n")
+            .scan_content(
+                b"bin/x",
+                b"#!/bin/sh\n'''exec' \"/w/venv/bin/python\" \"$0\" \"$@\"\n' '''\n",
+            )
             .unwrap();
         assert!(t.sb);
-        let pyc = s.scan_content(b"a/__pycache__/m.cpython-311.pyc", b"\x00\x01/w/venv/lib/m.py\x00").unwrap();
+        let pyc = s
+            .scan_content(b"a/__pycache__/m.cpython-311.pyc", b"\x00\x01/w/venv/lib/m.py\x00")
+            .unwrap();
         assert_eq!(pyc.k, "pyc");
         assert!(!pyc.needs_fixup(true, true));
         assert!(s.scan_content(b"a.py", b"nothing here").is_none());
