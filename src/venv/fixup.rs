@@ -372,8 +372,9 @@ pub fn is_python_name(name: &str) -> bool {
 
 /// Point `bin/python*` at the new interpreter: absolute (or escaping) symlinks are
 /// re-pointed; copied ELF binaries (`--copies`) are replaced by a copy of the new one.
-/// In-venv relative links (`python3 -> python`) are kept.
-pub fn retarget_pythons(venv: &Path, new: &Interpreter) -> Result<Vec<Rewritten>> {
+/// In-venv relative links (`python3 -> python`) are kept. Without `changed` (same
+/// interpreter) only dangling links are repaired.
+pub fn retarget_pythons(venv: &Path, new: &Interpreter, changed: bool) -> Result<Vec<Rewritten>> {
     let bin = venv.join("bin");
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir(&bin) else {
@@ -393,7 +394,7 @@ pub fn retarget_pythons(venv: &Path, new: &Interpreter) -> Result<Vec<Rewritten>
         if md.file_type().is_symlink() {
             let target = std::fs::read_link(&p).map_err(|e| Error::io("read link", &p, e))?;
             let internal = target.is_relative() && !target.components().any(|c| c == std::path::Component::ParentDir);
-            if internal || target == new.executable {
+            if internal || target == new.executable || (!changed && p.exists()) {
                 continue;
             }
             let tmp = tmp_name(&p);
@@ -405,7 +406,7 @@ pub fn retarget_pythons(venv: &Path, new: &Interpreter) -> Result<Vec<Rewritten>
                 action: Action::PythonRelinked,
                 replacements: 1,
             });
-        } else if md.is_file() && is_elf(&p) {
+        } else if changed && md.is_file() && is_elf(&p) {
             replace_with_copy(&p, &real_new)?;
             out.push(Rewritten {
                 path: format!("bin/{s}"),

@@ -231,9 +231,7 @@ pub fn fixup_staged(plan: &RestorePlan, staged: &Path, fixup_rels: &[Vec<u8>]) -
             replacements: 1,
         });
     }
-    if plan.interp_changed {
-        rewritten.extend(fixup::retarget_pythons(staged, new)?);
-    }
+    rewritten.extend(fixup::retarget_pythons(staged, new, plan.interp_changed)?);
     for (pkg, src) in fixup::missing_editables(staged) {
         warnings.push(format!(
             "editable install {pkg}: its source {} no longer exists; `import {pkg}` will fail until it is checked out there again",
