@@ -168,7 +168,7 @@ fn restore_venv(
     start: Instant,
 ) -> Result<Outcome> {
     let bar = ctx.ui.progress();
-    let r = envsnap::venv::restore(
+    let r = match envsnap::venv::restore(
         store,
         &snap,
         dest,
@@ -176,7 +176,16 @@ fn restore_venv(
         a.python.as_deref(),
         a.dry_run,
         bar.as_ref().map(|b| b as _),
-    )?;
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            if e.is_miss() {
+                // No usable interpreter: a miss like no snapshot at all (nothing was written).
+                github_output(&[("cache-hit", "false"), ("matched-key", ""), ("hit", "miss")])?;
+            }
+            return Err(e);
+        }
+    };
     hit_outputs(hit, &snap)?;
     let secs = start.elapsed().as_secs_f64();
     let i = &r.interpreter;
@@ -211,8 +220,17 @@ fn restore_venv(
                 ctx.ui
                     .detail(format!("  rewrote {} ({:?}, {})", rw.path, rw.action, rw.replacements));
             }
+            let mut by_action: std::collections::BTreeMap<String, usize> = Default::default();
+            for rw in &f.rewritten {
+                let k = serde_json::to_value(&rw.action)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default();
+                *by_action.entry(k).or_default() += 1;
+            }
+            let detail: Vec<String> = by_action.iter().map(|(k, n)| format!("{n} {k}")).collect();
             ctx.ui.info(format!(
-                "restored venv {} ({} hit) to {}: {} files, {} in {:.2}s (link: {}); {} files rewritten, interpreter {interp}",
+                "restored venv {} ({} hit) to {}: {} files, {} in {:.2}s (link: {}); {} files rewritten ({}), interpreter {interp}",
                 snap.key,
                 hit.as_str(),
                 dest.display(),
@@ -220,7 +238,8 @@ fn restore_venv(
                 bytes(r.bytes),
                 secs,
                 r.link,
-                f.rewritten.len()
+                f.rewritten.len(),
+                if detail.is_empty() { "none".to_string() } else { detail.join(", ") }
             ));
         }
     }

@@ -161,7 +161,7 @@ pub fn decide(
     let dest = absolute(dest)?;
     check_dest(&dest)?;
     let choice = interp::choose(&meta.interpreter, python, path_var, &dest)?;
-    let root_moved = !meta.roots.iter().any(|r| *r == dest);
+    let root_moved = !meta.roots.contains(&dest);
     let interp_changed = choice.reason != interp::Reason::Original;
     Ok(RestorePlan {
         meta,

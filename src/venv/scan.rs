@@ -144,7 +144,9 @@ impl Note {
         if self.k == "pyc" {
             return false;
         }
-        (root_moved && self.r > 0) || (interp_changed && self.i > 0)
+        // Binaries only get the venv root NUL-padded; their interpreter paths (a `--copies`
+        // python's baked-in prefix) are not rewritten, so they need no private copy for those.
+        (root_moved && self.r > 0) || (interp_changed && self.i > 0 && self.k == "text")
     }
 }
 
