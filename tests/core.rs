@@ -819,3 +819,102 @@ fn read_only_store_is_a_clear_error() {
         stderr(&o)
     );
 }
+
+#[test]
+fn a_restore_killed_midway_leaves_no_tree_and_a_rerun_completes() {
+    let d = tmp();
+    let (src, store) = (d.path().join("src"), d.path().join("store"));
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..3000 {
+        fs::write(src.join(format!("f{i}")), format!("content {i}").repeat(50)).unwrap();
+    }
+    ok_json(&envsnap(
+        &store,
+        &["--json", "save", "dir", src.to_str().unwrap(), "--key", "k"],
+    ));
+    let dest = d.path().join("out");
+    let mut child = std::process::Command::new(bin())
+        .args([
+            "--store",
+            store.to_str().unwrap(),
+            "restore",
+            dest.to_str().unwrap(),
+            "--key",
+            "k",
+        ])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    let _ = child.kill();
+    let _ = child.wait();
+    // Either the restore finished before the kill, or nothing is at the destination.
+    if dest.exists() {
+        assert_eq!(
+            fs::read_dir(&dest).unwrap().count(),
+            3000,
+            "a partial tree at the destination"
+        );
+        fs::remove_dir_all(&dest).unwrap();
+    }
+    ok_json(&envsnap(
+        &store,
+        &["--json", "restore", dest.to_str().unwrap(), "--key", "k"],
+    ));
+    assert_eq!(describe(&dest), describe(&src));
+    // The killed restore's staging directory was cleaned up by the rerun.
+    let names: Vec<String> = fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains(".envsnap-")), "{names:?}");
+}
+
+#[test]
+fn gc_running_beside_saves_never_breaks_a_snapshot() {
+    let d = tmp();
+    let store = d.path().join("store");
+    let s = store.to_str().unwrap().to_string();
+    // Seed the store so gc has work from the start.
+    let seed = d.path().join("seed");
+    build_tree(&seed);
+    ok_json(&envsnap(
+        &store,
+        &["--json", "save", "dir", seed.to_str().unwrap(), "--key", "seed"],
+    ));
+    let gc_store = s.clone();
+    let gc = std::thread::spawn(move || {
+        for _ in 0..15 {
+            let o = envsnap(Path::new(&gc_store), &["gc", "--max-age", "0s"]);
+            assert_eq!(code(&o), 0, "{}", stderr(&o));
+        }
+    });
+    for i in 0..6 {
+        let src = d.path().join(format!("src{i}"));
+        build_tree(&src);
+        fs::write(src.join("unique"), vec![i as u8; 300_000]).unwrap();
+        ok_json(&envsnap(
+            &store,
+            &[
+                "--json",
+                "save",
+                "dir",
+                src.to_str().unwrap(),
+                "--key",
+                &format!("k{i}"),
+            ],
+        ));
+    }
+    gc.join().unwrap();
+    // Whatever gc removed, every snapshot that is left is whole.
+    let o = envsnap(&store, &["--json", "verify"]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stdout));
+    let list = ok_json(&envsnap(&store, &["--json", "list"]));
+    for snap in list["snapshots"].as_array().unwrap() {
+        let key = snap["key"].as_str().unwrap();
+        let out = d.path().join(format!("out-{key}"));
+        ok_json(&envsnap(
+            &store,
+            &["--json", "restore", out.to_str().unwrap(), "--key", key],
+        ));
+    }
+}
