@@ -918,3 +918,35 @@ fn gc_running_beside_saves_never_breaks_a_snapshot() {
         ));
     }
 }
+
+#[test]
+fn large_files_stream_through_the_store_and_the_store_inside_the_tree_is_skipped() {
+    let d = tmp();
+    let src = d.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    // Above the in-memory limit: streamed into a temporary object while hashed.
+    let big: Vec<u8> = (0..(9u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    fs::write(src.join("big.bin"), &big).unwrap();
+    fs::write(src.join("small"), b"s").unwrap();
+    // `save dir . --store ./.envsnap`: the store must not snapshot itself.
+    let store = src.join(".envsnap");
+    let j = ok_json(&envsnap(
+        &store,
+        &["--json", "save", "dir", src.to_str().unwrap(), "--key", "k"],
+    ));
+    assert_eq!(j["files"], 2, "{j}");
+    let again = ok_json(&envsnap(
+        &store,
+        &["--json", "save", "dir", src.to_str().unwrap(), "--key", "k2"],
+    ));
+    assert_eq!(again["new_objects"], 0);
+    let out = d.path().join("out");
+    ok_json(&envsnap(
+        &store,
+        &["--json", "restore", out.to_str().unwrap(), "--key", "k"],
+    ));
+    assert_eq!(fs::read(out.join("big.bin")).unwrap(), big);
+    assert!(!out.join(".envsnap").exists());
+}
