@@ -564,3 +564,22 @@ fn second_save_with_one_more_package_stores_only_that_package() {
     assert!(new > 0 && new <= 10, "{s}");
     assert!(s["new_bytes"].as_u64().unwrap() < 200_000, "{s}");
 }
+
+#[test]
+fn py38_venv_records_its_base_interpreter_not_its_own_python() {
+    // Python 3.8 reports the venv's own bin/python as sys._base_executable.
+    let py38 = "/root/.pyenv/versions/3.8.18/bin/python3.8";
+    assert!(Path::new(py38).exists(), "test prerequisite missing: {py38}");
+    let t = scratch();
+    let store = t.path().join("store");
+    let venv = t.path().join("v38");
+    ok(cmd(py38, &[&"-m", &"venv", &"--without-pip", &venv]));
+    let s = save(&store, &venv, "venv-38");
+    assert_eq!(s["venv"]["interpreter"]["executable"], py38, "{s}");
+    assert_eq!(s["venv"]["interpreter"]["source"], "probe");
+    std::fs::remove_dir_all(&venv).unwrap();
+    let dest = t.path().join("moved 38");
+    let r = restore(&store, "venv-38", &dest, &[]);
+    assert_eq!(r["interpreter"]["reason"], "original");
+    assert_eq!(sys_prefix(&dest), dest.display().to_string());
+}

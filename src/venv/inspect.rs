@@ -13,10 +13,30 @@ use crate::error::{Error, Result};
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Printed as one JSON line by the interpreter under probe. Works on 3.6+ and PyPy.
+/// Python <= 3.10 may report a venv's own python as `sys._base_executable` (3.8 always does):
+/// then the base is `home` (pyvenv.cfg) + the executable's name.
 const PROBE: &str = r#"import json, os, sys, sysconfig, platform
+be = getattr(sys, "_base_executable", sys.executable)
+bp = getattr(sys, "base_prefix", sys.prefix)
+if sys.prefix != bp and os.path.abspath(be).startswith(os.path.abspath(sys.prefix) + os.sep):
+    home = None
+    try:
+        for l in open(os.path.join(sys.prefix, "pyvenv.cfg")):
+            k, _, v = l.partition("=")
+            if k.strip().lower() == "home":
+                home = v.strip()
+    except OSError:
+        pass
+    if home:
+        names = (os.path.basename(os.path.realpath(sys.executable)), os.path.basename(sys.executable),
+                 "python%d.%d" % sys.version_info[:2], "python%d" % sys.version_info[0], "python")
+        for n in names:
+            if os.path.exists(os.path.join(home, n)):
+                be = os.path.join(home, n)
+                break
 print(json.dumps({
  "executable": sys.executable,
- "base_executable": getattr(sys, "_base_executable", sys.executable),
+ "base_executable": be,
  "prefix": sys.prefix,
  "base_prefix": getattr(sys, "base_prefix", sys.prefix),
  "base_exec_prefix": getattr(sys, "base_exec_prefix", sys.exec_prefix),
