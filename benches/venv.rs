@@ -58,7 +58,7 @@ fn main() {
     let (v, w, b) = (venv.display().to_string(), work.display().to_string(), env!("CARGO_BIN_EXE_envsnap"));
     let size = sh(&format!("du -sb {v} | cut -f1")).trim().parse::<u64>().unwrap_or(0);
     let files = sh(&format!("find {v} -type f | wc -l")).trim().to_string();
-    sh(&format!("cat $(find {v} -type f) > /dev/null")); // warm page cache for every tool
+    sh(&format!("find {v} -type f -exec cat {{}} + > /dev/null")); // warm page cache for every tool
     eprintln!("venv: {v}: {} MB, {files} files", size / 1_000_000);
 
     let rm = |p: &str| sh(&format!("rm -rf {w}/{p}"));
@@ -122,6 +122,8 @@ fn main() {
         target.display()
     ));
     let out = sh(&format!("{b} -q --json --store {w}/store save venv {v} --key k2"));
+    let sp = format!("{v}/lib/python3.11/site-packages");
+    let attrs_installed = sh(&format!("find {sp}/attr {sp}/attrs {sp}/attrs-24.2.0.dist-info -type f | wc -l"));
     sh(&format!("{v}/bin/pip uninstall -q -y attrs"));
     let j: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     let attrs_files = j["new_objects"].as_u64().unwrap_or(0);
@@ -144,8 +146,9 @@ fn main() {
         println!("- --link {link}: fixups {:.1}% of the restore, smoke test {:.1}%", 100.0 * f, 100.0 * s);
     }
     println!(
-        "- second save with attrs added: {} new objects, {} KB new",
+        "- second save with attrs added: {} new objects (attrs installed {} files), {} KB new",
         attrs_files,
+        attrs_installed.trim(),
         j["new_bytes"].as_u64().unwrap_or(0) / 1000
     );
     let tz = std::fs::metadata(format!("{w}/cache.tzst")).map(|m| m.len()).unwrap_or(0);
