@@ -1,0 +1,34 @@
+//! Placeholder for the core's error type (see /work/CORE_API.md). The lead's
+//! `src/error.rs` replaces this file on merge; only the constructors used by
+//! `src/key/` are provided here.
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Miss(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Error::Io { path: path.as_ref().to_path_buf(), source }
+    }
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Miss(_) => 1,
+            _ => 2,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
