@@ -315,7 +315,7 @@ pub fn hash(list: &str, root: &Path) -> Result<FileHash> {
     for p in pats.includes() {
         if !files.iter().any(|(rel, _, _)| p.set.is_match(rel.as_str())) {
             return Err(Error::Usage(format!(
-                "{{hash}}: pattern {:?} matched no files under {}",
+                "pattern {:?} matched no files under {}",
                 p.text,
                 root.display()
             )));

@@ -1,0 +1,123 @@
+//! `envsnap key TEMPLATE`: print a rendered cache key (and explain it), plus
+//! the helpers `save` / `restore` use to render `--key` / `--fallback`.
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use envsnap::error::{Error, Result};
+use envsnap::key::{self, KeyContext, Rendered};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct KeyArgs {
+    /// Key template, e.g. 'venv-{os}-{python}-{hash:requirements*.txt}' (see docs/keys.md)
+    pub template: String,
+    /// Directory that {hash}, {hashFiles} and {checksum} paths are relative to [default: cwd]
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Interpreter for {python}, {python-minor}, {python-impl} [default: python3 on PATH]
+    #[arg(long, value_name = "PY")]
+    pub python: Option<PathBuf>,
+    /// System root whose dpkg database {apt-base} reads
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub dpkg_root: PathBuf,
+    /// Print every token with its inputs on stderr
+    #[arg(long)]
+    pub explain: bool,
+}
+
+/// Builds the context for rendering: `root` defaults to the current directory.
+pub fn context(root: Option<&Path>, python: Option<&Path>, venv: Option<&Path>, dpkg_root: Option<&Path>) -> KeyContext {
+    let mut ctx = KeyContext::new(root.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")));
+    ctx.python = python.map(Path::to_path_buf);
+    ctx.venv = venv.map(Path::to_path_buf);
+    if let Some(d) = dpkg_root {
+        ctx.dpkg_root = d.to_path_buf();
+    }
+    ctx
+}
+
+/// For `save` / `restore`: renders `--key` and each `--fallback` (templates or
+/// plain keys) and validates them. Fallbacks may be given as one
+/// comma-separated list; commas inside `{…}` belong to the token.
+pub fn resolve_keys(key_tpl: &str, fallbacks: &[String], ctx: &KeyContext) -> Result<(String, Vec<String>)> {
+    let key = key::resolve(key_tpl, ctx)?;
+    let mut out = Vec::new();
+    for f in fallbacks {
+        for part in split_list(f) {
+            let part = part.trim();
+            if !part.is_empty() {
+                out.push(key::resolve(part, ctx)?);
+            }
+        }
+    }
+    Ok((key, out))
+}
+
+/// Splits on commas outside braces: `a-{hash:x,y},b-` -> [`a-{hash:x,y}`, `b-`].
+pub fn split_list(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut depth, mut start) = (0usize, 0usize);
+    for (i, c) in s.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out
+}
+
+/// The `--explain` text: one line per token, then its inputs indented.
+pub fn explain_lines(r: &Rendered) -> Vec<String> {
+    let mut lines = vec![format!("key: {}", r.key)];
+    for item in &r.explain {
+        lines.push(format!("{} = {}", item.token, item.value));
+        for i in &item.inputs {
+            lines.push(format!("    {}: {}", i.name, i.value));
+        }
+    }
+    lines
+}
+
+/// Runs `envsnap key`. `json` prints `{"key":…,"tokens":[…]}` instead of the bare key.
+pub fn run(args: &KeyArgs, json: bool) -> Result<()> {
+    let ctx = context(args.root.as_deref(), args.python.as_deref(), None, Some(&args.dpkg_root));
+    let r = key::render(&args.template, &ctx)?;
+    if args.explain {
+        let mut err = std::io::stderr().lock();
+        for l in explain_lines(&r) {
+            let _ = writeln!(err, "{l}");
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    let line = if json {
+        serde_json::to_string(&r).map_err(|e| Error::Other(format!("json: {e}")))?
+    } else {
+        r.key.clone()
+    };
+    writeln!(out, "{line}").map_err(|e| Error::io("stdout", e))?;
+    if let Some(path) = std::env::var_os("GITHUB_OUTPUT").filter(|p| !p.is_empty()) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        writeln!(f, "key={}", r.key).map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_outside_braces() {
+        assert_eq!(split_list("a-{hash:x,y},b-"), vec!["a-{hash:x,y}", "b-"]);
+        assert_eq!(split_list("k"), vec!["k"]);
+    }
+}
