@@ -7,7 +7,11 @@ use tempfile::TempDir;
 
 fn envsnap(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_envsnap"));
-    c.current_dir(dir).args(args).env_remove("GITHUB_OUTPUT").env_remove("ImageOS").env_remove("ImageVersion");
+    c.current_dir(dir)
+        .args(args)
+        .env_remove("GITHUB_OUTPUT")
+        .env_remove("ImageOS")
+        .env_remove("ImageVersion");
     for (k, v) in env {
         c.env(k, v);
     }
@@ -101,7 +105,13 @@ print(h.hexdigest() if files else "")
 "#;
 
 fn python_hashfiles(root: &Path, case: &str) -> String {
-    let o = Command::new("python3").arg("-c").arg(PY_HASHFILES).arg(root).arg(case).output().expect("python3");
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(PY_HASHFILES)
+        .arg(root)
+        .arg(case)
+        .output()
+        .expect("python3");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8(o.stdout).unwrap().trim().to_string()
 }
@@ -111,21 +121,45 @@ fn hashfiles_matches_github_vectors() {
     let d = vector_tree();
     // (patterns, python case, value from @actions/glob 0.5.0 + hashFiles.ts on node, same tree)
     let cases = [
-        ("**", "all", "3e7fce9a75b2907c2ddabf314b0ea92b3bdd28df1f244ec295b2a8f9480415f9"),
-        ("*", "all", "3e7fce9a75b2907c2ddabf314b0ea92b3bdd28df1f244ec295b2a8f9480415f9"),
-        ("**/*.txt", "txt", "8188cd25795ef330066ee1496ec748c26e2834f5de6243ceb6086d2e3528eded"),
-        ("b.txt,a.txt", "order", "f9bec98ad54de826706eaebb0a3290eb52fd166244dccd43fd7ec5d4ef8fa4bf"),
+        (
+            "**",
+            "all",
+            "3e7fce9a75b2907c2ddabf314b0ea92b3bdd28df1f244ec295b2a8f9480415f9",
+        ),
+        (
+            "*",
+            "all",
+            "3e7fce9a75b2907c2ddabf314b0ea92b3bdd28df1f244ec295b2a8f9480415f9",
+        ),
+        (
+            "**/*.txt",
+            "txt",
+            "8188cd25795ef330066ee1496ec748c26e2834f5de6243ceb6086d2e3528eded",
+        ),
+        (
+            "b.txt,a.txt",
+            "order",
+            "f9bec98ad54de826706eaebb0a3290eb52fd166244dccd43fd7ec5d4ef8fa4bf",
+        ),
         (
             "**/*.txt,!**/node_modules/**,**/node_modules/keep.txt",
             "excl",
             "45b83c39508181371077c0d5a5bd4c4c4bdc688238fdae0b7e23d9851578bc14",
         ),
-        ("src/**", "src", "bf200d761725de1ca3370e427e1c3f7d21d2fd692f900c22f9cb5623fc475c1c"),
+        (
+            "src/**",
+            "src",
+            "bf200d761725de1ca3370e427e1c3f7d21d2fd692f900c22f9cb5623fc475c1c",
+        ),
     ];
     for (pats, case, node) in cases {
         let py = python_hashfiles(d.path(), case);
         assert_eq!(py, node, "python and node disagree on {pats}");
-        assert_eq!(key(d.path(), &format!("gh-{{hashFiles:{pats}}}")), format!("gh-{node}"), "{pats}");
+        assert_eq!(
+            key(d.path(), &format!("gh-{{hashFiles:{pats}}}")),
+            format!("gh-{node}"),
+            "{pats}"
+        );
     }
     // No match: empty, like GitHub (the template's literal text remains).
     assert_eq!(python_hashfiles(d.path(), "none"), "");
@@ -137,7 +171,10 @@ fn checksum_matches_circleci() {
     let d = tempfile::tempdir().unwrap();
     write(d.path(), "abc.txt", "abc");
     // sha256("abc") = ba7816bf…; base64 "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=", `/` as `_`.
-    assert_eq!(key(d.path(), "c-{checksum:abc.txt}"), "c-ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0=");
+    assert_eq!(
+        key(d.path(), "c-{checksum:abc.txt}"),
+        "c-ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0="
+    );
     write(d.path(), "sub/Gemfile.lock", "GEM\n  specs:\n");
     let py = Command::new("python3")
         .args(["-c", "import base64,hashlib,sys; print(base64.b64encode(hashlib.sha256(open(sys.argv[1],'rb').read()).digest()).decode().replace('/','_'))"])
@@ -195,7 +232,11 @@ fn hash_follows_content_and_names_not_mtime() {
     assert_eq!(key(d.path(), t), k0);
 
     // Renames change it (same contents, different path).
-    fs::rename(d.path().join("requirements-dev.txt"), d.path().join("requirements-test.txt")).unwrap();
+    fs::rename(
+        d.path().join("requirements-dev.txt"),
+        d.path().join("requirements-test.txt"),
+    )
+    .unwrap();
     assert_ne!(key(d.path(), t), k0);
 }
 
@@ -217,7 +258,12 @@ fn exclusions_and_root() {
     let via_root = String::from_utf8(o.stdout).unwrap();
     assert_eq!(via_root.trim(), key(&d.path().join("app"), "{hash:requirements.txt}"));
     // Everything excluded is a no-match error naming the pattern.
-    fails(d.path(), &["key", "{hash:**/requirements.txt,!app}"], &[], "\"**/requirements.txt\" matched no files");
+    fails(
+        d.path(),
+        &["key", "{hash:**/requirements.txt,!app}"],
+        &[],
+        "\"**/requirements.txt\" matched no files",
+    );
 }
 
 #[test]
@@ -243,7 +289,11 @@ fn every_token_error_path() {
     run(k("{hashFiles:nothing}"), &[], "empty"); // the whole key rendered empty
     run(k("{checksum:missing.lock}"), &[], "{checksum:missing.lock}");
     run(k("{checksum:.}"), &[], "not a regular file");
-    run(k("{env:ENVSNAP_TEST_SURELY_UNSET}"), &[], "ENVSNAP_TEST_SURELY_UNSET is not set");
+    run(
+        k("{env:ENVSNAP_TEST_SURELY_UNSET}"),
+        &[],
+        "ENVSNAP_TEST_SURELY_UNSET is not set",
+    );
     run(k("{env:}"), &[], "needs a variable name");
     run(k("k-{env:COMMA}"), &[("COMMA", "a,b")], "comma");
     run(k("k-{env:CTRL}"), &[("CTRL", "a\tb")], "control character");
@@ -251,8 +301,26 @@ fn every_token_error_path() {
     run(k("{epoch:week}"), &[], "period in seconds");
     run(k("{date:x}"), &[], "{date} takes no argument");
     run(k("{apt-base:x}"), &[], "takes no argument");
-    run(vec!["key".into(), "--dpkg-root".into(), p.display().to_string(), "{apt-base}".into()], &[], "var/lib/dpkg/status");
-    run(vec!["key".into(), "--python".into(), "/nonexistent/python".into(), "{python}".into()], &[], "/nonexistent/python");
+    run(
+        vec![
+            "key".into(),
+            "--dpkg-root".into(),
+            p.display().to_string(),
+            "{apt-base}".into(),
+        ],
+        &[],
+        "var/lib/dpkg/status",
+    );
+    run(
+        vec![
+            "key".into(),
+            "--python".into(),
+            "/nonexistent/python".into(),
+            "{python}".into(),
+        ],
+        &[],
+        "/nonexistent/python",
+    );
 }
 
 #[test]
@@ -270,11 +338,18 @@ fn system_tokens() {
     let py = String::from_utf8(py.stdout).unwrap();
     let mut l = py.lines();
     let (ver, minor, tag) = (l.next().unwrap(), l.next().unwrap(), l.next().unwrap());
-    assert_eq!(key(p, "{python}/{python-minor}/{python-impl}"), format!("{ver}/{minor}/{tag}"));
+    assert_eq!(
+        key(p, "{python}/{python-minor}/{python-impl}"),
+        format!("{ver}/{minor}/{tag}")
+    );
     let o = envsnap(p, &["key", "--python", "python3", "{python}"], &[]);
     assert_eq!(String::from_utf8(o.stdout).unwrap().trim(), ver);
     // {image}: GitHub-hosted runner variables win over os-release.
-    let o = envsnap(p, &["key", "{image}"], &[("ImageOS", "ubuntu24"), ("ImageVersion", "20240609.1.0")]);
+    let o = envsnap(
+        p,
+        &["key", "{image}"],
+        &[("ImageOS", "ubuntu24"), ("ImageVersion", "20240609.1.0")],
+    );
     assert_eq!(String::from_utf8(o.stdout).unwrap().trim(), "ubuntu24-20240609.1.0");
     if Path::new("/etc/os-release").exists() {
         let rel = key(p, "{os-release}");
@@ -298,7 +373,11 @@ fn explain_json_and_github_output() {
     let out = d.path().join("gh_output");
     fs::write(&out, "earlier=1\n").unwrap();
     let t = "venv-{os}-{python}-{hash:requirements*.txt}";
-    let o = envsnap(d.path(), &["key", "--explain", t], &[("GITHUB_OUTPUT", out.to_str().unwrap())]);
+    let o = envsnap(
+        d.path(),
+        &["key", "--explain", t],
+        &[("GITHUB_OUTPUT", out.to_str().unwrap())],
+    );
     assert!(o.status.success());
     let k = String::from_utf8(o.stdout).unwrap().trim().to_string();
     let err = String::from_utf8(o.stderr).unwrap();
@@ -314,4 +393,73 @@ fn explain_json_and_github_output() {
     assert_eq!(v["tokens"].as_array().unwrap().len(), 3);
     assert_eq!(v["tokens"][2]["token"], "{hash:requirements*.txt}");
     assert_eq!(v["tokens"][2]["inputs"][0]["name"], "requirements.txt");
+}
+
+#[test]
+fn templates_in_save_and_restore() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write(p, "requirements.txt", "flask==3.0\n");
+    write(p, "data/lib/module.py", "print('hi')\n");
+    let store = p.join("store");
+    let s = store.to_str().unwrap();
+    let tpl = "dir-{os}-{hash:requirements*.txt}";
+    let rendered = key(p, tpl);
+
+    let o = envsnap(p, &["--store", s, "save", "dir", "data", "--key", tpl], &[]);
+    assert!(o.status.success(), "save: {}", String::from_utf8_lossy(&o.stderr));
+
+    // The plain rendered key finds what the template saved.
+    let o = envsnap(p, &["--store", s, "restore", "out1", "--key", &rendered], &[]);
+    assert!(o.status.success(), "restore: {}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        fs::read_to_string(p.join("out1/lib/module.py")).unwrap(),
+        "print('hi')\n"
+    );
+
+    // The template itself works as --key; --json shows the rendered key.
+    let o = envsnap(p, &["--store", s, "--json", "restore", "out2", "--key", tpl], &[]);
+    assert!(o.status.success(), "restore: {}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["key"], rendered.as_str());
+    assert_eq!(v["hit"], "exact");
+
+    // Requirements change: the exact key misses, a template fallback prefix hits.
+    write(p, "requirements.txt", "flask==3.1\n");
+    let o = envsnap(p, &["--store", s, "restore", "out3", "--key", tpl], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = envsnap(
+        p,
+        &[
+            "--store",
+            s,
+            "--json",
+            "restore",
+            "out4",
+            "--key",
+            tpl,
+            "--fallback",
+            "dir-{os}-",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["hit"], "fallback");
+    assert_eq!(v["matched_key"], rendered.as_str());
+
+    // Template errors are usage errors before anything is written.
+    fails(
+        p,
+        &["--store", s, "save", "dir", "data", "--key", "dir-{hash:nope.txt}"],
+        &[],
+        "\"nope.txt\" matched no files",
+    );
+    fails(
+        p,
+        &["--store", s, "restore", "out5", "--key", "k", "--fallback", "{bogus}"],
+        &[],
+        "unknown token {bogus}",
+    );
+    assert!(!p.join("out5").exists());
 }

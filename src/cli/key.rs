@@ -1,10 +1,12 @@
 //! `envsnap key TEMPLATE`: print a rendered cache key (and explain it), plus
 //! the helpers `save` / `restore` use to render `--key` / `--fallback`.
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use envsnap::error::{Error, Result};
 use envsnap::key::{self, KeyContext, Rendered};
+use envsnap::{Error, Result};
+
+use super::output::github_output;
+use super::{Ctx, Outcome};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct KeyArgs {
@@ -25,7 +27,12 @@ pub struct KeyArgs {
 }
 
 /// Builds the context for rendering: `root` defaults to the current directory.
-pub fn context(root: Option<&Path>, python: Option<&Path>, venv: Option<&Path>, dpkg_root: Option<&Path>) -> KeyContext {
+pub fn context(
+    root: Option<&Path>,
+    python: Option<&Path>,
+    venv: Option<&Path>,
+    dpkg_root: Option<&Path>,
+) -> KeyContext {
     let mut ctx = KeyContext::new(root.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")));
     ctx.python = python.map(Path::to_path_buf);
     ctx.venv = venv.map(Path::to_path_buf);
@@ -83,32 +90,49 @@ pub fn explain_lines(r: &Rendered) -> Vec<String> {
     lines
 }
 
-/// Runs `envsnap key`. `json` prints `{"key":…,"tokens":[…]}` instead of the bare key.
-pub fn run(args: &KeyArgs, json: bool) -> Result<()> {
-    let ctx = context(args.root.as_deref(), args.python.as_deref(), None, Some(&args.dpkg_root));
-    let r = key::render(&args.template, &ctx)?;
+/// Runs `envsnap key`: the key on stdout (or `{"key":…,"tokens":[…]}` with
+/// `--json`), `key=…` appended to `$GITHUB_OUTPUT`, `--explain` on stderr.
+pub fn run(ctx: &Ctx, args: KeyArgs) -> Result<Outcome> {
+    let kctx = context(
+        args.root.as_deref(),
+        args.python.as_deref(),
+        None,
+        Some(&args.dpkg_root),
+    );
+    let r = key::render(&args.template, &kctx)?;
     if args.explain {
-        let mut err = std::io::stderr().lock();
         for l in explain_lines(&r) {
-            let _ = writeln!(err, "{l}");
+            eprintln!("{l}");
         }
     }
-    let mut out = std::io::stdout().lock();
-    let line = if json {
-        serde_json::to_string(&r).map_err(|e| Error::Other(format!("json: {e}")))?
+    github_output(&[("key", &r.key)])?;
+    if ctx.ui.json {
+        ctx.ui
+            .emit_json(&serde_json::to_value(&r).map_err(|e| Error::Other(format!("json: {e}")))?);
     } else {
-        r.key.clone()
-    };
-    writeln!(out, "{line}").map_err(|e| Error::io("stdout", e))?;
-    if let Some(path) = std::env::var_os("GITHUB_OUTPUT").filter(|p| !p.is_empty()) {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        writeln!(f, "key={}", r.key).map_err(|e| Error::io(&path, e))?;
+        // The key is the command's product: printed even with -q.
+        println!("{}", r.key);
     }
-    Ok(())
+    Ok(Outcome::Done)
+}
+
+/// The key (and fallbacks) `save` / `restore` use: templates rendered relative
+/// to the current directory, plain keys validated. `venv` is the command's
+/// venv (for `{python}`), `dpkg_root` the apt root (for `{apt-base}`).
+/// With `-v` each rendered template is explained on stderr.
+pub fn keys_for(
+    ctx: &Ctx,
+    key_tpl: &str,
+    fallbacks: &[String],
+    venv: Option<&Path>,
+    dpkg_root: Option<&Path>,
+) -> Result<(String, Vec<String>)> {
+    let kctx = context(None, None, venv, dpkg_root);
+    let (k, f) = resolve_keys(key_tpl, fallbacks, &kctx)?;
+    if key::is_template(key_tpl) {
+        ctx.ui.detail(format!("key {key_tpl} -> {k}"));
+    }
+    Ok((k, f))
 }
 
 #[cfg(test)]

@@ -123,7 +123,11 @@ impl Patterns {
     /// Exclusions never prune (a later include may re-include), as in
     /// `@actions/glob`'s `partialMatch`.
     fn could_contain(&self, rel: &str) -> bool {
-        let parts: Vec<&str> = if rel.is_empty() { Vec::new() } else { rel.split('/').collect() };
+        let parts: Vec<&str> = if rel.is_empty() {
+            Vec::new()
+        } else {
+            rel.split('/').collect()
+        };
         self.pats.iter().filter(|p| !p.negate).any(|p| {
             for (i, part) in parts.iter().enumerate() {
                 match p.segs.get(i) {
@@ -140,13 +144,20 @@ impl Patterns {
     /// order, dropping duplicates and paths under another pattern's prefix
     /// (`getSearchPaths` in `@actions/glob`; the order matters to `{hashFiles}`).
     fn search_paths(&self) -> Vec<String> {
-        let cands: Vec<&str> = self.pats.iter().filter(|p| !p.negate).map(|p| p.search.as_str()).collect();
+        let cands: Vec<&str> = self
+            .pats
+            .iter()
+            .filter(|p| !p.negate)
+            .map(|p| p.search.as_str())
+            .collect();
         let mut out: Vec<String> = Vec::new();
         for &c in &cands {
             if out.iter().any(|o| o == c) {
                 continue;
             }
-            let has_ancestor = cands.iter().any(|&a| a != c && (a.is_empty() || c.starts_with(&format!("{a}/"))));
+            let has_ancestor = cands
+                .iter()
+                .any(|&a| a != c && (a.is_empty() || c.starts_with(&format!("{a}/"))));
             if !has_ancestor {
                 out.push(c.to_string());
             }
@@ -164,11 +175,15 @@ impl Patterns {
     pub fn walk(&self, root: &Path) -> Result<Vec<(String, PathBuf, u64)>> {
         let mut out = Vec::new();
         for sp in self.search_paths() {
-            let start = if sp.is_empty() { root.to_path_buf() } else { root.join(&sp) };
+            let start = if sp.is_empty() {
+                root.to_path_buf()
+            } else {
+                root.join(&sp)
+            };
             match fs::symlink_metadata(&start) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io(&start, e)),
+                Err(e) => return Err(Error::io("read", &start, e)),
             }
             let mut stack = vec![sp];
             while let Some(rel) = stack.pop() {
@@ -176,16 +191,23 @@ impl Patterns {
                 if !hit && !self.could_contain(&rel) {
                     continue;
                 }
-                let abs = if rel.is_empty() { root.to_path_buf() } else { root.join(&rel) };
-                let md = fs::symlink_metadata(&abs).map_err(|e| Error::io(&abs, e))?;
+                let abs = if rel.is_empty() {
+                    root.to_path_buf()
+                } else {
+                    root.join(&rel)
+                };
+                let md = fs::symlink_metadata(&abs).map_err(|e| Error::io("stat", &abs, e))?;
                 if md.is_dir() {
                     let mut names = Vec::new();
-                    for ent in fs::read_dir(&abs).map_err(|e| Error::io(&abs, e))? {
-                        let ent = ent.map_err(|e| Error::io(&abs, e))?;
+                    for ent in fs::read_dir(&abs).map_err(|e| Error::io("read directory", &abs, e))? {
+                        let ent = ent.map_err(|e| Error::io("read directory", &abs, e))?;
                         let name = ent.file_name();
                         let Some(name) = name.to_str() else {
                             // Globs are text; a non-UTF-8 name cannot be matched or named in a key's explain.
-                            return Err(Error::Other(format!("{}: file name is not UTF-8", ent.path().display())));
+                            return Err(Error::Other(format!(
+                                "{}: file name is not UTF-8",
+                                ent.path().display()
+                            )));
                         };
                         names.push(name.to_string());
                     }
@@ -197,7 +219,7 @@ impl Patterns {
                 } else if hit {
                     // hashFiles stats through symlinks: directories are skipped,
                     // dangling links fail the step. Same here.
-                    let md = fs::metadata(&abs).map_err(|e| Error::io(&abs, e))?;
+                    let md = fs::metadata(&abs).map_err(|e| Error::io("stat", &abs, e))?;
                     if md.is_dir() {
                         continue;
                     }
@@ -278,27 +300,46 @@ impl Pattern {
             set.add(glob_raw(&text, &joined)?);
             set.add(glob_raw(&text, &format!("{joined}/**"))?);
         }
-        let set = set.build().map_err(|e| Error::Usage(format!("bad glob pattern {text:?}: {e}")))?;
+        let set = set
+            .build()
+            .map_err(|e| Error::Usage(format!("bad glob pattern {text:?}: {e}")))?;
         let segs = segs_txt
             .iter()
-            .map(|s| if s == "**" { Ok(Seg::Globstar) } else { glob(&text, s).map(Seg::Glob) })
+            .map(|s| {
+                if s == "**" {
+                    Ok(Seg::Globstar)
+                } else {
+                    glob(&text, s).map(Seg::Glob)
+                }
+            })
             .collect::<Result<Vec<_>>>()?;
-        let search = segs_txt.iter().take_while(|s| is_literal(s)).cloned().collect::<Vec<_>>().join("/");
-        Ok(Pattern { text, negate, set, segs, search })
+        let search = segs_txt
+            .iter()
+            .take_while(|s| is_literal(s))
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("/");
+        Ok(Pattern {
+            text,
+            negate,
+            set,
+            segs,
+            search,
+        })
     }
 }
 
 fn blake3_file(path: &Path) -> Result<blake3::Hash> {
-    let f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
     let mut h = blake3::Hasher::new();
-    h.update_reader(f).map_err(|e| Error::io(path, e))?;
+    h.update_reader(f).map_err(|e| Error::io("read", path, e))?;
     Ok(h.finalize())
 }
 
 fn sha256_file(path: &Path) -> Result<[u8; 32]> {
-    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut f = File::open(path).map_err(|e| Error::io("open", path, e))?;
     let mut h = Sha256::new();
-    io::copy(&mut f, &mut h).map_err(|e| Error::io(path, e))?;
+    io::copy(&mut f, &mut h).map_err(|e| Error::io("read", path, e))?;
     Ok(h.finalize().into())
 }
 
@@ -323,7 +364,10 @@ pub fn hash(list: &str, root: &Path) -> Result<FileHash> {
     }
     files.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     files.dedup_by(|a, b| a.0 == b.0);
-    let digests: Vec<blake3::Hash> = files.par_iter().map(|(_, abs, _)| blake3_file(abs)).collect::<Result<_>>()?;
+    let digests: Vec<blake3::Hash> = files
+        .par_iter()
+        .map(|(_, abs, _)| blake3_file(abs))
+        .collect::<Result<_>>()?;
     let mut outer = blake3::Hasher::new();
     let mut listed = Vec::with_capacity(files.len());
     for ((rel, _, size), d) in files.into_iter().zip(digests) {
@@ -331,7 +375,11 @@ pub fn hash(list: &str, root: &Path) -> Result<FileHash> {
         outer.update(rel.as_bytes());
         outer.update(&size.to_le_bytes());
         outer.update(d.as_bytes());
-        listed.push(FileDigest { rel, size, digest: d.to_hex().to_string() });
+        listed.push(FileDigest {
+            rel,
+            size,
+            digest: d.to_hex().to_string(),
+        });
     }
     let value = outer.finalize().to_hex()[..HASH_HEX_LEN].to_string();
     Ok(FileHash { value, files: listed })
@@ -344,17 +392,30 @@ pub fn hash_files(list: &str, root: &Path) -> Result<FileHash> {
     let root_abs = absolute(root)?;
     let pats = Patterns::parse(list, &root_abs)?;
     let files = pats.walk(root)?;
-    let digests: Vec<[u8; 32]> = files.par_iter().map(|(_, abs, _)| sha256_file(abs)).collect::<Result<_>>()?;
+    let digests: Vec<[u8; 32]> = files
+        .par_iter()
+        .map(|(_, abs, _)| sha256_file(abs))
+        .collect::<Result<_>>()?;
     if files.is_empty() {
-        return Ok(FileHash { value: String::new(), files: Vec::new() });
+        return Ok(FileHash {
+            value: String::new(),
+            files: Vec::new(),
+        });
     }
     let mut outer = Sha256::new();
     let mut listed = Vec::with_capacity(files.len());
     for ((rel, _, size), d) in files.into_iter().zip(digests) {
         outer.update(d);
-        listed.push(FileDigest { rel, size, digest: hex(&d) });
+        listed.push(FileDigest {
+            rel,
+            size,
+            digest: hex(&d),
+        });
     }
-    Ok(FileHash { value: hex(&outer.finalize()), files: listed })
+    Ok(FileHash {
+        value: hex(&outer.finalize()),
+        files: listed,
+    })
 }
 
 /// `{checksum:FILE}`: CircleCI's `{{ checksum "FILE" }}`: SHA-256 of the
@@ -365,14 +426,28 @@ pub fn checksum(file: &str, root: &Path) -> Result<FileHash> {
         return Err(Error::Usage("{checksum}: needs a file name".into()));
     }
     let rel = Path::new(file);
-    let abs = if rel.is_absolute() { rel.to_path_buf() } else { root.join(rel) };
+    let abs = if rel.is_absolute() {
+        rel.to_path_buf()
+    } else {
+        root.join(rel)
+    };
     let md = fs::metadata(&abs).map_err(|e| Error::Usage(format!("{{checksum:{file}}}: {}: {e}", abs.display())))?;
     if !md.is_file() {
-        return Err(Error::Usage(format!("{{checksum:{file}}}: {} is not a regular file", abs.display())));
+        return Err(Error::Usage(format!(
+            "{{checksum:{file}}}: {} is not a regular file",
+            abs.display()
+        )));
     }
     let d = sha256_file(&abs)?;
     let value = base64::engine::general_purpose::STANDARD.encode(d).replace('/', "_");
-    Ok(FileHash { value, files: vec![FileDigest { rel: file.to_string(), size: md.len(), digest: hex(&d) }] })
+    Ok(FileHash {
+        value,
+        files: vec![FileDigest {
+            rel: file.to_string(),
+            size: md.len(),
+            digest: hex(&d),
+        }],
+    })
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -384,7 +459,7 @@ fn absolute(root: &Path) -> Result<PathBuf> {
     // or `realpath` print; falls back to lexical for error messages.
     match fs::canonicalize(root) {
         Ok(p) => Ok(p),
-        Err(e) => Err(Error::io(root, e)),
+        Err(e) => Err(Error::io("resolve", root, e)),
     }
 }
 

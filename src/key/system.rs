@@ -45,7 +45,13 @@ pub fn parse_os_release(text: &str) -> Vec<(String, String)> {
 /// `ID-VERSION_ID` (`debian-12`, `ubuntu-24.04`); rolling or testing releases
 /// without VERSION_ID use VERSION_CODENAME (`debian-trixie`), then ID alone (`arch`).
 pub fn os_release_id(fields: &[(String, String)]) -> Option<String> {
-    let get = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty());
+    let get = |k: &str| {
+        fields
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    };
     let id = get("ID")?;
     Some(match get("VERSION_ID").or_else(|| get("VERSION_CODENAME")) {
         Some(v) => format!("{id}-{v}"),
@@ -74,10 +80,12 @@ pub fn os_release() -> Result<(String, Vec<(String, String)>)> {
                 return Ok((id, shown));
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io(p, e)),
+            Err(e) => return Err(Error::io("read", p, e)),
         }
     }
-    Err(Error::Usage("{os-release}: neither /etc/os-release nor /usr/lib/os-release exists".into()))
+    Err(Error::Usage(
+        "{os-release}: neither /etc/os-release nor /usr/lib/os-release exists".into(),
+    ))
 }
 
 /// `{image}`: `$ImageOS-$ImageVersion` on GitHub-hosted runners (both are set
@@ -86,7 +94,10 @@ pub fn image() -> Result<(String, Vec<(String, String)>)> {
     let os = std::env::var("ImageOS").ok().filter(|v| !v.is_empty());
     let ver = std::env::var("ImageVersion").ok().filter(|v| !v.is_empty());
     match (os, ver) {
-        (Some(o), Some(v)) => Ok((format!("{o}-{v}"), vec![("$ImageOS".into(), o), ("$ImageVersion".into(), v)])),
+        (Some(o), Some(v)) => Ok((
+            format!("{o}-{v}"),
+            vec![("$ImageOS".into(), o), ("$ImageVersion".into(), v)],
+        )),
         _ => {
             let (id, mut fields) = os_release()?;
             fields.insert(0, ("$ImageOS/$ImageVersion".into(), "unset, using os-release".into()));
@@ -122,7 +133,11 @@ pub fn python_command(python: Option<&Path>, venv: Option<&Path>) -> PathBuf {
         return p.to_path_buf();
     }
     if let Some(v) = venv {
-        let bin = if cfg!(windows) { v.join("Scripts").join("python.exe") } else { v.join("bin").join("python") };
+        let bin = if cfg!(windows) {
+            v.join("Scripts").join("python.exe")
+        } else {
+            v.join("bin").join("python")
+        };
         return bin;
     }
     PathBuf::from(if cfg!(windows) { "python" } else { "python3" })
@@ -133,7 +148,10 @@ pub fn python_info(cmd: &Path) -> Result<PythonInfo> {
     let out = run(cmd, &["-c", PY_PROBE]).map_err(|e| Error::Usage(format!("{{python}}: {e}")))?;
     let mut l = out.lines().map(str::trim);
     let (Some(exe), Some(ver), Some(minor), Some(tag)) = (l.next(), l.next(), l.next(), l.next()) else {
-        return Err(Error::Usage(format!("{{python}}: unexpected output from {}: {out:?}", cmd.display())));
+        return Err(Error::Usage(format!(
+            "{{python}}: unexpected output from {}: {out:?}",
+            cmd.display()
+        )));
     };
     Ok(PythonInfo {
         command: cmd.to_path_buf(),
@@ -152,7 +170,12 @@ fn run(cmd: &Path, args: &[&str]) -> Result<String> {
         .map_err(|e| Error::Usage(format!("cannot run {}: {e}", cmd.display())))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        return Err(Error::Usage(format!("{} failed ({}): {}", cmd.display(), out.status, err.trim())));
+        return Err(Error::Usage(format!(
+            "{} failed ({}): {}",
+            cmd.display(),
+            out.status,
+            err.trim()
+        )));
     }
     String::from_utf8(out.stdout).map_err(|_| Error::Usage(format!("{}: output is not UTF-8", cmd.display())))
 }
@@ -163,7 +186,7 @@ fn run(cmd: &Path, args: &[&str]) -> Result<String> {
 /// are left out). Shared with the apt adapter.
 pub fn installed_packages(root: &Path) -> Result<Vec<(String, String, String)>> {
     let path = root.join("var/lib/dpkg/status");
-    let text = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let text = fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
     let text = String::from_utf8_lossy(&text);
     let mut out = parse_dpkg_status(&text);
     out.sort();
@@ -175,14 +198,15 @@ pub fn installed_packages(root: &Path) -> Result<Vec<(String, String, String)>> 
 pub fn parse_dpkg_status(text: &str) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     let (mut name, mut arch, mut ver, mut installed) = (None, None, None, false);
-    let mut flush = |name: &mut Option<String>, arch: &mut Option<String>, ver: &mut Option<String>, inst: &mut bool| {
-        if let (Some(n), true) = (name.take(), *inst) {
-            out.push((n, arch.take().unwrap_or_default(), ver.take().unwrap_or_default()));
-        }
-        *arch = None;
-        *ver = None;
-        *inst = false;
-    };
+    let mut flush =
+        |name: &mut Option<String>, arch: &mut Option<String>, ver: &mut Option<String>, inst: &mut bool| {
+            if let (Some(n), true) = (name.take(), *inst) {
+                out.push((n, arch.take().unwrap_or_default(), ver.take().unwrap_or_default()));
+            }
+            *arch = None;
+            *ver = None;
+            *inst = false;
+        };
     for line in text.lines() {
         if line.trim().is_empty() {
             flush(&mut name, &mut arch, &mut ver, &mut installed);
@@ -227,7 +251,8 @@ mod tests {
 
     #[test]
     fn os_release_ids() {
-        let deb = "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\nVERSION_ID=\"12\"\nVERSION_CODENAME=bookworm\n";
+        let deb =
+            "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\nVERSION_ID=\"12\"\nVERSION_CODENAME=bookworm\n";
         assert_eq!(os_release_id(&parse_os_release(deb)).unwrap(), "debian-12");
         let ubu = "NAME=\"Ubuntu\"\nVERSION_ID=\"24.04\"\nID=ubuntu\nID_LIKE=debian\n";
         assert_eq!(os_release_id(&parse_os_release(ubu)).unwrap(), "ubuntu-24.04");

@@ -31,7 +31,13 @@ pub struct KeyContext {
 impl KeyContext {
     /// Root `root`, no interpreter override, dpkg at `/`, the current time.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        KeyContext { root: root.into(), python: None, venv: None, dpkg_root: PathBuf::from("/"), now: SystemTime::now() }
+        KeyContext {
+            root: root.into(),
+            python: None,
+            venv: None,
+            dpkg_root: PathBuf::from("/"),
+            now: SystemTime::now(),
+        }
     }
 }
 
@@ -61,7 +67,11 @@ pub struct Rendered {
 #[derive(Debug, PartialEq, Eq)]
 enum Part<'a> {
     Lit(&'a str),
-    Tok { name: &'a str, arg: Option<&'a str>, text: &'a str },
+    Tok {
+        name: &'a str,
+        arg: Option<&'a str>,
+        text: &'a str,
+    },
 }
 
 /// Token names, for `is_template` users and the "unknown token" message.
@@ -112,18 +122,26 @@ fn parse(t: &str) -> Result<Vec<Part<'_>>> {
                 }
                 let body_start = i + 1;
                 let Some(len) = rest[body_start..].find(['{', '}']) else {
-                    return Err(Error::Usage(format!("template {t:?}: unterminated '{{' at column {at}")));
+                    return Err(Error::Usage(format!(
+                        "template {t:?}: unterminated '{{' at column {at}"
+                    )));
                 };
                 let end = body_start + len;
                 if rest[end..].starts_with('{') {
-                    return Err(Error::Usage(format!("template {t:?}: '{{' inside the token at column {at}")));
+                    return Err(Error::Usage(format!(
+                        "template {t:?}: '{{' inside the token at column {at}"
+                    )));
                 }
                 let body = &rest[body_start..end];
                 let (name, arg) = match body.split_once(':') {
                     Some((n, a)) => (n.trim(), Some(a)),
                     None => (body.trim(), None),
                 };
-                parts.push(Part::Tok { name, arg, text: &rest[i..=end] });
+                parts.push(Part::Tok {
+                    name,
+                    arg,
+                    text: &rest[i..=end],
+                });
                 off += end + 1;
                 rest = &rest[end + 1..];
                 continue;
@@ -150,7 +168,10 @@ impl Lazy<'_> {
 }
 
 fn input(name: impl Into<String>, value: impl Into<String>) -> ExplainInput {
-    ExplainInput { name: name.into(), value: value.into() }
+    ExplainInput {
+        name: name.into(),
+        value: value.into(),
+    }
 }
 
 fn no_arg(name: &str, arg: Option<&str>, text: &str) -> Result<()> {
@@ -168,7 +189,10 @@ fn need_arg<'a>(arg: Option<&'a str>, text: &str, what: &str) -> Result<&'a str>
 }
 
 fn file_inputs(fh: &hash::FileHash, algo: &str) -> Vec<ExplainInput> {
-    fh.files.iter().map(|f| input(f.rel.clone(), format!("{algo}:{} {} bytes", f.digest, f.size))).collect()
+    fh.files
+        .iter()
+        .map(|f| input(f.rel.clone(), format!("{algo}:{} {} bytes", f.digest, f.size)))
+        .collect()
 }
 
 fn token(name: &str, arg: Option<&str>, text: &str, lazy: &mut Lazy) -> Result<(String, Vec<ExplainInput>)> {
@@ -176,11 +200,17 @@ fn token(name: &str, arg: Option<&str>, text: &str, lazy: &mut Lazy) -> Result<(
     Ok(match name {
         "os" => {
             no_arg(name, arg, text)?;
-            (system::os_name().into(), vec![input("std::env::consts::OS", std::env::consts::OS)])
+            (
+                system::os_name().into(),
+                vec![input("std::env::consts::OS", std::env::consts::OS)],
+            )
         }
         "arch" => {
             no_arg(name, arg, text)?;
-            (system::arch().into(), vec![input("std::env::consts::ARCH", system::arch())])
+            (
+                system::arch().into(),
+                vec![input("std::env::consts::ARCH", system::arch())],
+            )
         }
         "os-release" => {
             no_arg(name, arg, text)?;
@@ -219,7 +249,10 @@ fn token(name: &str, arg: Option<&str>, text: &str, lazy: &mut Lazy) -> Result<(
             let fh = hash::hash_files(globs, &ctx.root).map_err(|e| Error::Usage(format!("token {text}: {e}")))?;
             let mut inputs = file_inputs(&fh, "sha256");
             if inputs.is_empty() {
-                inputs.push(input("(no files matched)", "value is empty, as in GitHub's hashFiles()"));
+                inputs.push(input(
+                    "(no files matched)",
+                    "value is empty, as in GitHub's hashFiles()",
+                ));
             }
             (fh.value, inputs)
         }
@@ -237,10 +270,14 @@ fn token(name: &str, arg: Option<&str>, text: &str, lazy: &mut Lazy) -> Result<(
             match std::env::var(var) {
                 Ok(v) => (v.clone(), vec![input(format!("${var}"), v)]),
                 Err(std::env::VarError::NotPresent) => {
-                    return Err(Error::Usage(format!("token {text}: environment variable {var} is not set")))
+                    return Err(Error::Usage(format!(
+                        "token {text}: environment variable {var} is not set"
+                    )))
                 }
                 Err(std::env::VarError::NotUnicode(_)) => {
-                    return Err(Error::Usage(format!("token {text}: environment variable {var} is not UTF-8")))
+                    return Err(Error::Usage(format!(
+                        "token {text}: environment variable {var} is not UTF-8"
+                    )))
                 }
             }
         }
@@ -248,7 +285,13 @@ fn token(name: &str, arg: Option<&str>, text: &str, lazy: &mut Lazy) -> Result<(
             no_arg(name, arg, text)?;
             let (v, n) = system::apt_base(&ctx.dpkg_root)?;
             let status = ctx.dpkg_root.join("var/lib/dpkg/status");
-            (v, vec![input("dpkg status", status.display().to_string()), input("installed packages", n.to_string())])
+            (
+                v,
+                vec![
+                    input("dpkg status", status.display().to_string()),
+                    input("installed packages", n.to_string()),
+                ],
+            )
         }
         "epoch" => {
             let secs = epoch_secs(ctx)?;
@@ -256,7 +299,9 @@ fn token(name: &str, arg: Option<&str>, text: &str, lazy: &mut Lazy) -> Result<(
                 None => (secs.to_string(), vec![input("unix time", secs.to_string())]),
                 Some(a) => {
                     let n: u64 = a.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                        Error::Usage(format!("token {text}: the argument is a period in seconds, e.g. {{epoch:604800}}"))
+                        Error::Usage(format!(
+                            "token {text}: the argument is a period in seconds, e.g. {{epoch:604800}}"
+                        ))
                     })?;
                     (
                         (secs / n).to_string(),
@@ -268,10 +313,16 @@ fn token(name: &str, arg: Option<&str>, text: &str, lazy: &mut Lazy) -> Result<(
         "date" => {
             no_arg(name, arg, text)?;
             let secs = epoch_secs(ctx)?;
-            (utc_date(secs), vec![input("unix time", secs.to_string()), input("timezone", "UTC")])
+            (
+                utc_date(secs),
+                vec![input("unix time", secs.to_string()), input("timezone", "UTC")],
+            )
         }
         _ => {
-            return Err(Error::Usage(format!("unknown token {text}; known tokens: {}", TOKENS.join(", "))));
+            return Err(Error::Usage(format!(
+                "unknown token {text}; known tokens: {}",
+                TOKENS.join(", ")
+            )));
         }
     })
 }
@@ -310,7 +361,11 @@ pub fn render(template: &str, ctx: &KeyContext) -> Result<Rendered> {
             Part::Tok { name, arg, text } => {
                 let (value, inputs) = token(name, arg, text, &mut lazy)?;
                 key.push_str(&value);
-                explain.push(ExplainItem { token: text.to_string(), value, inputs });
+                explain.push(ExplainItem {
+                    token: text.to_string(),
+                    value,
+                    inputs,
+                });
             }
         }
     }
@@ -347,9 +402,17 @@ mod tests {
             p,
             vec![
                 Part::Lit("a-"),
-                Part::Tok { name: "os", arg: None, text: "{os}" },
+                Part::Tok {
+                    name: "os",
+                    arg: None,
+                    text: "{os}"
+                },
                 Part::Lit("-"),
-                Part::Tok { name: "hash", arg: Some("x,y"), text: "{hash:x,y}" },
+                Part::Tok {
+                    name: "hash",
+                    arg: Some("x,y"),
+                    text: "{hash:x,y}"
+                },
                 Part::Lit("-b"),
             ]
         );
