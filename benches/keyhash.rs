@@ -27,7 +27,11 @@ fn workspace() -> (PathBuf, u64) {
     if marker.exists() {
         return (ws, total);
     }
-    eprintln!("generating {FILES} files ({:.2} GB) under {}", total as f64 / 1e9, ws.display());
+    eprintln!(
+        "generating {FILES} files ({:.2} GB) under {}",
+        total as f64 / 1e9,
+        ws.display()
+    );
     let _ = fs::remove_dir_all(&ws);
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut buf = Vec::new();
@@ -43,7 +47,10 @@ fn workspace() -> (PathBuf, u64) {
             buf.extend_from_slice(&state.to_le_bytes());
         }
         buf.truncate(size_of(i) as usize);
-        fs::File::create(dir.join(format!("f{i:05}.dat"))).unwrap().write_all(&buf).unwrap();
+        fs::File::create(dir.join(format!("f{i:05}.dat")))
+            .unwrap()
+            .write_all(&buf)
+            .unwrap();
     }
     fs::write(&marker, "").unwrap();
     (ws, total)
@@ -80,7 +87,10 @@ fn main() {
     warm(&ws);
     let exe = env!("CARGO_BIN_EXE_envsnap");
     let gb = total as f64 / 1e9;
-    println!("workspace: {FILES} files, {gb:.3} GB, {} CPUs; median of {RUNS} runs, warm page cache", num_cpus());
+    println!(
+        "workspace: {FILES} files, {gb:.3} GB, {} CPUs; median of {RUNS} runs, warm page cache",
+        num_cpus()
+    );
     println!("{:<58} {:>8} {:>8}", "command", "seconds", "GB/s");
     let envsnap_key = |tpl: &'static str| {
         let ws = ws.clone();

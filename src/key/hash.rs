@@ -120,24 +120,20 @@ impl Patterns {
     }
 
     /// Can anything under directory `rel` be matched by an include pattern?
-    /// Exclusions never prune (a later include may re-include), as in
-    /// `@actions/glob`'s `partialMatch`.
+    /// (`@actions/glob`'s `partialMatch`.)
     fn could_contain(&self, rel: &str) -> bool {
-        let parts: Vec<&str> = if rel.is_empty() {
-            Vec::new()
-        } else {
-            rel.split('/').collect()
-        };
-        self.pats.iter().filter(|p| !p.negate).any(|p| {
-            for (i, part) in parts.iter().enumerate() {
-                match p.segs.get(i) {
-                    None | Some(Seg::Globstar) => return true,
-                    Some(Seg::Glob(m)) if !m.is_match(part) => return false,
-                    Some(Seg::Glob(_)) => {}
-                }
-            }
-            true
-        })
+        self.pats.iter().any(|p| !p.negate && p.could_contain(rel))
+    }
+
+    /// Is everything under directory `rel` excluded for good: a `!pattern`
+    /// matches the directory (so, by the implicit-descendants rule, all of its
+    /// contents) and no later include could re-include anything in it?
+    /// Pruning such a directory changes nothing but the time spent.
+    fn excluded_subtree(&self, rel: &str) -> bool {
+        match self.pats.iter().rposition(|p| p.negate && p.set.is_match(rel)) {
+            None => false,
+            Some(i) => !self.pats[i + 1..].iter().any(|p| !p.negate && p.could_contain(rel)),
+        }
     }
 
     /// Where the walk starts: each include pattern's literal prefix, in pattern
@@ -198,6 +194,9 @@ impl Patterns {
                 };
                 let md = fs::symlink_metadata(&abs).map_err(|e| Error::io("stat", &abs, e))?;
                 if md.is_dir() {
+                    if self.excluded_subtree(&rel) {
+                        continue;
+                    }
                     let mut names = Vec::new();
                     for ent in fs::read_dir(&abs).map_err(|e| Error::io("read directory", &abs, e))? {
                         let ent = ent.map_err(|e| Error::io("read directory", &abs, e))?;
@@ -235,6 +234,22 @@ impl Patterns {
 }
 
 impl Pattern {
+    /// Could this pattern match `rel` or something under it? Segment by
+    /// segment until the pattern runs out (implicit descendants) or hits `**`.
+    fn could_contain(&self, rel: &str) -> bool {
+        if rel.is_empty() {
+            return true;
+        }
+        for (i, part) in rel.split('/').enumerate() {
+            match self.segs.get(i) {
+                None | Some(Seg::Globstar) => return true,
+                Some(Seg::Glob(m)) if !m.is_match(part) => return false,
+                Some(Seg::Glob(_)) => {}
+            }
+        }
+        true
+    }
+
     fn parse(raw: &str, root_abs: &Path) -> Result<Pattern> {
         let text = raw.to_string();
         let mut s = raw;
@@ -511,6 +526,19 @@ mod tests {
         assert!(!p.could_contain(".git"));
         assert!(pats("**/x").could_contain(".git"));
         assert!(pats("a").could_contain("a/b/c"));
+    }
+
+    #[test]
+    fn excluded_subtrees_are_pruned_only_when_final() {
+        let p = pats("**/*.txt,!**/node_modules/**");
+        assert!(p.excluded_subtree("node_modules"));
+        assert!(p.excluded_subtree("a/node_modules"));
+        assert!(!p.excluded_subtree("a"));
+        // A later include may re-include: keep walking.
+        let p = pats("**/*.txt,!**/node_modules,**/node_modules/keep.txt");
+        assert!(!p.excluded_subtree("node_modules"));
+        let p = pats("**,!.git,src/**");
+        assert!(p.excluded_subtree(".git"));
     }
 
     #[test]
