@@ -13,6 +13,9 @@ const FILES: u64 = 10_000;
 const DIRS: u64 = 100;
 const RUNS: usize = 5;
 
+/// Builds a fresh command for each timed run.
+type MakeCmd = Box<dyn FnMut() -> Command>;
+
 /// Sizes vary between 50 KiB and 150 KiB (mean ~100 KiB, ~1 GiB in total), so the workload is
 /// neither all-tiny nor one big file.
 fn size_of(i: u64) -> u64 {
@@ -108,7 +111,7 @@ fn main() {
             c
         }
     };
-    let mut rows: Vec<(&str, Box<dyn FnMut() -> Command>)> = vec![
+    let mut rows: Vec<(&str, MakeCmd)> = vec![
         ("envsnap key '{hash:**}'", Box::new(envsnap_key("{hash:**}"))),
         ("envsnap key '{hashFiles:**}'", Box::new(envsnap_key("{hashFiles:**}"))),
         (
