@@ -43,39 +43,12 @@ pub fn context(
 }
 
 /// For `save` / `restore`: renders `--key` and each `--fallback` (templates or
-/// plain keys) and validates them. Fallbacks may be given as one
-/// comma-separated list; commas inside `{…}` belong to the token.
+/// plain keys) and validates them. A fallback is one template: commas inside
+/// `{…}` belong to the token; a comma in the rendered prefix is an error.
 pub fn resolve_keys(key_tpl: &str, fallbacks: &[String], ctx: &KeyContext) -> Result<(String, Vec<String>)> {
     let key = key::resolve(key_tpl, ctx)?;
-    let mut out = Vec::new();
-    for f in fallbacks {
-        for part in split_list(f) {
-            let part = part.trim();
-            if !part.is_empty() {
-                out.push(key::resolve(part, ctx)?);
-            }
-        }
-    }
-    Ok((key, out))
-}
-
-/// Splits on commas outside braces: `a-{hash:x,y},b-` -> [`a-{hash:x,y}`, `b-`].
-pub fn split_list(s: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let (mut depth, mut start) = (0usize, 0usize);
-    for (i, c) in s.char_indices() {
-        match c {
-            '{' => depth += 1,
-            '}' => depth = depth.saturating_sub(1),
-            ',' if depth == 0 => {
-                out.push(&s[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    out.push(&s[start..]);
-    out
+    let fallbacks = fallbacks.iter().map(|f| key::resolve(f, ctx)).collect::<Result<_>>()?;
+    Ok((key, fallbacks))
 }
 
 /// The `--explain` text: one line per token, then its inputs indented.
@@ -133,15 +106,4 @@ pub fn keys_for(
         ctx.ui.detail(format!("key {key_tpl} -> {k}"));
     }
     Ok((k, f))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splits_outside_braces() {
-        assert_eq!(split_list("a-{hash:x,y},b-"), vec!["a-{hash:x,y}", "b-"]);
-        assert_eq!(split_list("k"), vec!["k"]);
-    }
 }
