@@ -40,6 +40,8 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
     let start = Instant::now();
     (a.key, a.fallbacks) = super::key::keys_for(ctx, &a.key, &a.fallbacks, None, None)?;
     let store = ctx.open_store()?;
+    // Held from lookup to commit, so gc cannot remove the snapshot or its objects in between.
+    let _lock = store.lock_shared()?;
     let Some((snap, hit)) = store.lookup(&a.key, &a.fallbacks)? else {
         return miss(ctx, &a);
     };
@@ -58,10 +60,19 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
     ));
     // Adapters restore their own kinds; everything else is a plain tree.
     #[allow(clippy::match_single_binding)] // venv and apt arms join here
-    match snap.kind.as_str() {
-        _ => restore_dir(ctx, &store, &a, snap, hit, &dest, &opts, start),
+    let result = match snap.kind.as_str() {
+        _ => restore_dir(ctx, &store, &a, snap.clone(), hit, &dest, &opts, start),
+    };
+    // $GITHUB_OUTPUT says "hit" only once the tree is in place; a failed or refused restore
+    // (an adapter's miss, an error) reports a miss so the job reinstalls.
+    match &result {
+        Ok(Outcome::Done) => hit_outputs(hit, &snap)?,
+        _ => github_output(&MISS_OUTPUTS)?,
     }
+    result
 }
+
+const MISS_OUTPUTS: [(&str, &str); 3] = [("cache-hit", "false"), ("matched-key", ""), ("hit", "miss")];
 
 fn miss(ctx: &Ctx, a: &RestoreArgs) -> Result<Outcome> {
     let tried = if a.fallbacks.is_empty() {
@@ -71,7 +82,7 @@ fn miss(ctx: &Ctx, a: &RestoreArgs) -> Result<Outcome> {
     };
     ctx.ui
         .info(format!("miss: no snapshot for key {}{tried}; nothing restored", a.key));
-    github_output(&[("cache-hit", "false"), ("matched-key", ""), ("hit", "miss")])?;
+    github_output(&MISS_OUTPUTS)?;
     ctx.ui.emit_json(&json!({
         "hit": "miss", "key": a.key, "matched_key": null, "files": 0, "bytes": 0, "seconds": 0.0, "link": null,
     }));
@@ -105,7 +116,6 @@ fn restore_dir(
         "path": plan.dest, "files": plan.files, "dirs": plan.dirs, "symlinks": plan.symlinks,
         "bytes": plan.bytes, "dry_run": a.dry_run, "replaces": plan.replaces,
     });
-    hit_outputs(hit, &snap)?;
     if a.dry_run {
         ctx.ui.info(format!(
             "dry run: would restore {} ({} hit) to {}: {} files, {} dirs, {} symlinks, {}, link {}{}",
