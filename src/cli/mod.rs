@@ -1,6 +1,7 @@
 //! Command-line front end: one file per command group. Only this module prints.
 
 mod inspect;
+mod key;
 mod maint;
 mod output;
 mod restore;
@@ -49,6 +50,8 @@ enum Command {
     Gc(maint::GcArgs),
     /// Re-hash every object; report corrupt or missing ones and the snapshots they break
     Verify(maint::VerifyArgs),
+    /// Print the cache key a template renders to, e.g. 'venv-{os}-{python}-{hash:requirements*.txt}'
+    Key(key::KeyArgs),
 }
 
 /// What a command ended with, beyond success: a miss exits 1.
@@ -102,6 +105,7 @@ pub fn main() -> ExitCode {
         Command::Show(a) => inspect::show(&ctx, a),
         Command::Gc(a) => maint::gc(&ctx, a),
         Command::Verify(a) => maint::verify(&ctx, a),
+        Command::Key(a) => key::run(&ctx, a),
     };
     match result {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
