@@ -41,7 +41,15 @@ fn build_venv(fixtures: &Path, venv: &Path) {
 }
 
 fn main() {
-    let runs: usize = std::env::var("ENVSNAP_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    // `cargo test --all-targets` also runs harness = false benches, without `--bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("venv: skipped outside `cargo bench --bench venv`");
+        return;
+    }
+    let runs: usize = std::env::var("ENVSNAP_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let target = root.join("target");
     let st = Command::new(root.join(".ci/test-setup-venv.sh"))
@@ -55,7 +63,11 @@ fn main() {
     let work = target.join("bench-work-venv");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).unwrap();
-    let (v, w, b) = (venv.display().to_string(), work.display().to_string(), env!("CARGO_BIN_EXE_envsnap"));
+    let (v, w, b) = (
+        venv.display().to_string(),
+        work.display().to_string(),
+        env!("CARGO_BIN_EXE_envsnap"),
+    );
     let size = sh(&format!("du -sb {v} | cut -f1")).trim().parse::<u64>().unwrap_or(0);
     let files = sh(&format!("find {v} -type f | wc -l")).trim().to_string();
     sh(&format!("find {v} -type f -exec cat {{}} + > /dev/null")); // warm page cache for every tool
@@ -85,7 +97,12 @@ fn main() {
     rows.push(("envsnap save venv (unchanged)".into(), resave));
     let mut tarz = Vec::new();
     for _ in 0..runs {
-        tarz.push(timed(&format!("tar --posix -cf - -C {v} . | zstd -q -T0 --long=30 -f -o {w}/cache.tzst")).0);
+        tarz.push(
+            timed(&format!(
+                "tar --posix -cf - -C {v} . | zstd -q -T0 --long=30 -f -o {w}/cache.tzst"
+            ))
+            .0,
+        );
     }
     rows.push(("tar | zstd -T0 (actions/cache save)".into(), tarz));
     for link in ["auto", "copy", "hardlink"] {
@@ -112,7 +129,12 @@ fn main() {
     let mut untar = Vec::new();
     for _ in 0..runs {
         rm("out");
-        untar.push(timed(&format!("mkdir -p {w}/out && zstd -q -d --long=30 -c {w}/cache.tzst | tar -xf - -C {w}/out")).0);
+        untar.push(
+            timed(&format!(
+                "mkdir -p {w}/out && zstd -q -d --long=30 -c {w}/cache.tzst | tar -xf - -C {w}/out"
+            ))
+            .0,
+        );
     }
     rows.push(("zstd -d | tar -x (actions/cache restore)".into(), untar));
 
@@ -123,12 +145,17 @@ fn main() {
     ));
     let out = sh(&format!("{b} -q --json --store {w}/store save venv {v} --key k2"));
     let sp = format!("{v}/lib/python3.11/site-packages");
-    let attrs_installed = sh(&format!("find {sp}/attr {sp}/attrs {sp}/attrs-24.2.0.dist-info -type f | wc -l"));
+    let attrs_installed = sh(&format!(
+        "find {sp}/attr {sp}/attrs {sp}/attrs-24.2.0.dist-info -type f | wc -l"
+    ));
     sh(&format!("{v}/bin/pip uninstall -q -y attrs"));
     let j: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     let attrs_files = j["new_objects"].as_u64().unwrap_or(0);
 
-    println!("\nvenv: {} MB, {files} files (benches/venv-requirements.txt, CPython 3.11.7)\n", size / 1_000_000);
+    println!(
+        "\nvenv: {} MB, {files} files (benches/venv-requirements.txt, CPython 3.11.7)\n",
+        size / 1_000_000
+    );
     println!("| operation | median (s) | runs |");
     println!("|---|---:|---|");
     let med: Vec<f64> = rows.iter().map(|r| median(r.1.clone())).collect();
@@ -143,7 +170,11 @@ fn main() {
     for link in ["auto", "copy", "hardlink"] {
         let f = median(fix_share.iter().filter(|x| x.0 == link).map(|x| x.1).collect());
         let s = median(smoke_share.iter().filter(|x| x.0 == link).map(|x| x.1).collect());
-        println!("- --link {link}: fixups {:.1}% of the restore, smoke test {:.1}%", 100.0 * f, 100.0 * s);
+        println!(
+            "- --link {link}: fixups {:.1}% of the restore, smoke test {:.1}%",
+            100.0 * f,
+            100.0 * s
+        );
     }
     println!(
         "- second save with attrs added: {} new objects (attrs installed {} files), {} KB new",
@@ -151,7 +182,9 @@ fn main() {
         attrs_installed.trim(),
         j["new_bytes"].as_u64().unwrap_or(0) / 1000
     );
-    let tz = std::fs::metadata(format!("{w}/cache.tzst")).map(|m| m.len()).unwrap_or(0);
+    let tz = std::fs::metadata(format!("{w}/cache.tzst"))
+        .map(|m| m.len())
+        .unwrap_or(0);
     println!("- tar.zst size: {} MB", tz / 1_000_000);
     let _ = std::fs::remove_dir_all(&work);
 }
