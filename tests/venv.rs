@@ -301,6 +301,11 @@ fn hardlinked_restore_with_fixups_leaves_store_objects_untouched() {
     ok(cmd(PY311, &[&"-m", &"venv", &orig]));
     pip_install(&orig, &["six"]);
     save(&store, &orig, "venv-hl");
+    // A dry run decides the interpreter and the rewrites, and writes nothing.
+    let dry = t.path().join("dry/v");
+    let r = restore(&store, "venv-hl", &dry, &["--dry-run"]);
+    assert_eq!(r["interpreter"]["path"], PY311, "{r}");
+    assert!(!dry.exists() && !dry.parent().unwrap().exists());
     let dest = t.path().join("elsewhere/v");
     let r = restore(&store, "venv-hl", &dest, &["--link", "hardlink"]);
     assert!(r["link"].as_str().unwrap().contains("hardlink"), "{r}");

@@ -192,11 +192,9 @@ pub fn fixup_staged(plan: &RestorePlan, staged: &Path, fixup_rels: &[Vec<u8>]) -
             continue; // retargeted below
         }
         let p = staged.join(std::ffi::OsStr::from_bytes(rel));
-        let md = match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.is_file() => m,
-            _ => continue,
-        };
-        let _ = md;
+        if !std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
+            continue;
+        }
         let content = std::fs::read(&p).map_err(|e| Error::io("read", &p, e))?;
         match fixup::rewrite_content(&rel_s, &content, &rw) {
             Outcome::Unchanged => {}
