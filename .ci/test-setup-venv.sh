@@ -32,7 +32,8 @@ if [ ! -e "$wh/.done" ]; then
   mkdir -p "$wh"
   "$fx/tools/bin/pip" download -q --disable-pip-version-check -d "$wh" \
     black==24.10.0 pyyaml==6.0.2 markupsafe==3.0.2 numpy==1.26.4 \
-    pip==24.3.1 setuptools==75.6.0 wheel==0.45.1 six==1.16.0 >&2
+    pip==24.3.1 setuptools==75.6.0 wheel==0.45.1 six==1.16.0 \
+    click==8.5.1 mypy_extensions==1.2.0 packaging==26.3 pathspec==1.1.1 platformdirs==4.14.7 >&2
   touch "$wh/.done"
 fi
 
