@@ -1,4 +1,4 @@
-//! Benchmark with a real ~300 MB virtualenv (numpy, pandas, scipy, sympy and pure-Python
+//! Benchmark with a real ~440 MB virtualenv (numpy, pandas, scipy, sympy and pure-Python
 //! packages pinned in benches/venv-requirements.txt), side by side with what
 //! `actions/cache` runs: `tar --posix | zstd -T0` and `zstd -d | tar -x`.
 //! Restores go to another path, so every restore includes the venv fixups and smoke test.
