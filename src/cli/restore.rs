@@ -42,7 +42,7 @@ fn parse_link(s: &str) -> std::result::Result<LinkMode, String> {
 
 pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
     let start = Instant::now();
-    (a.key, a.fallbacks) = super::key::keys_for(ctx, &a.key, &a.fallbacks, None, None)?;
+    (a.key, a.fallbacks) = super::key::keys_for(ctx, &a.key, &a.fallbacks, a.python.as_deref(), None, None)?;
     let store = ctx.open_store()?;
     // Held from lookup to commit, so gc cannot remove the snapshot or its objects in between.
     let _lock = store.lock_shared()?;

@@ -38,7 +38,7 @@ enum SaveWhat {
 pub fn run(ctx: &Ctx, args: SaveArgs) -> Result<Outcome> {
     match args.what {
         SaveWhat::Dir { path, key } => {
-            let (key, _) = super::key::keys_for(ctx, &key, &[], None, None)?;
+            let (key, _) = super::key::keys_for(ctx, &key, &[], None, None, None)?;
             let store = ctx.open_store()?;
             let bar = ctx.ui.progress();
             let mut req = SaveRequest::tree(key, "dir", path);
@@ -48,7 +48,8 @@ pub fn run(ctx: &Ctx, args: SaveArgs) -> Result<Outcome> {
             Ok(Outcome::Done)
         }
         SaveWhat::Venv { path, key } => {
-            envsnap::key::validate(&key)?;
+            // `{python}` is the venv's own interpreter.
+            let (key, _) = super::key::keys_for(ctx, &key, &[], None, Some(&path), None)?;
             let store = ctx.open_store()?;
             let bar = ctx.ui.progress();
             let r = envsnap::venv::save_venv(&store, &path, &key, bar.as_ref().map(|b| b as _))?;
