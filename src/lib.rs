@@ -1,1 +1,2 @@
-
+pub mod apt;
+pub mod error;
