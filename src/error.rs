@@ -1,32 +1,98 @@
-//! Placeholder matching CORE_API.md until the core lands (the lead's version wins on merge).
+//! One error type for the library. Every variant names what it was about (a path, a key, an
+//! object) so the binary can print a single line that tells the user what to do.
+
+use std::io;
 use std::path::{Path, PathBuf};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
+    /// An I/O operation on a path failed. `action` is a short verb phrase ("read", "create directory").
+    #[error("cannot {action} {}: {source}{}", path.display(), io_hint(source))]
     Io {
+        action: &'static str,
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: io::Error,
     },
+    /// The SQLite index failed.
+    #[error("index {}: {source}", path.display())]
+    Index {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// Bad input from the user: a bad key, a missing path, an existing destination.
     #[error("{0}")]
     Usage(String),
+    /// Not an error but a cache miss decided by an adapter (the interpreter is gone, the base
+    /// image drifted): nothing was written. Exit status 1.
     #[error("{0}")]
     Miss(String),
+    /// An object's content does not match its name.
+    #[error("object {id} is corrupt ({}): run `envsnap verify --repair`, then save again", path.display())]
+    Corrupt { id: String, path: PathBuf },
+    /// An object the index references is not in the store. Typed so a cache layered over a
+    /// remote store can fall through to the remote.
+    #[error("object {id} is missing from the store: run `envsnap verify`, then save again")]
+    MissingObject { id: String },
+    /// A snapshot entry that would write outside the target or through a symlink.
+    #[error("refusing unsafe entry {path:?} in snapshot {key}: {why}")]
+    UnsafeEntry {
+        key: String,
+        path: String,
+        why: &'static str,
+    },
     #[error("{0}")]
     Other(String),
 }
 
-impl Error {
-    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Error {
-        Error::Io { path: path.as_ref().to_path_buf(), source }
+fn io_hint(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EROFS) => " (read-only file system: choose a writable --store or destination)",
+        Some(libc::ENOSPC) => " (disk full: free space or run `envsnap gc --max-size`)",
+        Some(libc::EACCES) | Some(libc::EPERM) => " (permission denied: check ownership, or run as root)",
+        _ => "",
     }
-    pub fn exit_code(&self) -> i32 {
+}
+
+impl Error {
+    pub fn io(action: &'static str, path: impl AsRef<Path>, source: io::Error) -> Self {
+        Error::Io {
+            action,
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn index(path: impl AsRef<Path>, source: rusqlite::Error) -> Self {
+        Error::Index {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    /// The process exit status the CLI uses: 1 for a miss, 2 for everything else.
+    pub fn exit_code(&self) -> u8 {
         match self {
             Error::Miss(_) => 1,
             _ => 2,
         }
     }
+
+    pub fn is_miss(&self) -> bool {
+        matches!(self, Error::Miss(_))
+    }
 }
 
-pub type Result<T> = std::result::Result<T, Error>;
+/// `result.at("read", path)?` turns an `io::Result` into an [`Error::Io`] naming the path.
+pub trait IoContext<T> {
+    fn at(self, action: &'static str, path: impl AsRef<Path>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn at(self, action: &'static str, path: impl AsRef<Path>) -> Result<T> {
+        self.map_err(|e| Error::io(action, path, e))
+    }
+}

@@ -1,2 +1,33 @@
+//! envsnap: snapshots of CI environments in a content-addressed store.
+//!
+//! The library never prints: every operation returns a report and the binary (`src/main.rs`,
+//! `src/cli/`) decides what to show. Modules follow the data flow:
+//!
+//! - [`key`]: cache-key rules (and templates);
+//! - [`store`]: content-addressed objects (`objects-v1/`) behind the [`store::ObjectStore`] trait;
+//! - [`index`]: the SQLite index of snapshots, entries and the save stat cache;
+//! - [`snapshot`]: entries, manifests and the path-safety rules every restore enforces;
+//! - [`repo`]: [`Store`], one store directory (objects + index + lock) and snapshot lookup;
+//! - [`save`]: walk, hash and ingest a tree (or a list of paths) as one snapshot;
+//! - [`restore`]: plan-then-apply restore engine with reflink/hardlink/copy link modes;
+//! - [`gc`] and [`verify`]: store maintenance.
+
 pub mod apt;
 pub mod error;
+pub mod gc;
+pub mod index;
+pub mod key;
+pub mod lock;
+pub mod progress;
+pub mod repo;
+pub mod restore;
+pub mod save;
+pub mod snapshot;
+pub mod store;
+pub mod verify;
+
+pub use error::{Error, Result};
+pub use repo::{Hit, Store};
+
+/// The version recorded in every snapshot, so a store can tell which envsnap wrote it.
+pub const TOOL_VERSION: &str = concat!("envsnap ", env!("CARGO_PKG_VERSION"));

@@ -4,7 +4,7 @@
 
 use super::dpkg::{self, Pkg};
 use super::merge;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -67,9 +67,9 @@ const EXCLUDED: &[&str] = &["var/lib/apt/lists", "var/cache/apt", "var/log"];
 /// Scan ROOT. `exclude` holds extra root-relative paths (the envsnap store).
 pub fn scan(root: &Path, exclude: &[String]) -> Result<Vec<Rec>> {
     let mut starts: Vec<String> = Vec::new();
-    let rd = std::fs::read_dir(root).map_err(|e| Error::io(root, e))?;
+    let rd = std::fs::read_dir(root).at("read directory", root)?;
     for ent in rd {
-        let ent = ent.map_err(|e| Error::io(root, e))?;
+        let ent = ent.at("read directory", root)?;
         let name = ent.file_name().to_string_lossy().into_owned();
         if top_included(&name) {
             starts.push(name);
@@ -101,7 +101,7 @@ fn stat_rec(root: &Path, rel: &[u8]) -> Result<Option<Rec>> {
     match std::fs::symlink_metadata(&p) {
         Ok(m) => Ok(Some(rec_of(rel.to_vec(), &m))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(&p, e)),
+        Err(e) => Err(Error::io("read", &p, e)),
     }
 }
 
@@ -135,7 +135,9 @@ fn walk(root: &Path, rel: &[u8], excl: &[Vec<u8>]) -> Result<Vec<Rec>> {
     if excl.iter().any(|e| e.as_slice() == rel) {
         return Ok(Vec::new());
     }
-    let Some(r) = stat_rec(root, rel)? else { return Ok(Vec::new()) };
+    let Some(r) = stat_rec(root, rel)? else {
+        return Ok(Vec::new());
+    };
     let is_dir = r.kind == KIND_DIR;
     let mut out = vec![r];
     if !is_dir {
@@ -146,22 +148,22 @@ fn walk(root: &Path, rel: &[u8], excl: &[Vec<u8>]) -> Result<Vec<Rec>> {
         Ok(rd) => rd,
         // Unreadable dirs (non-root begin on a host) are recorded but not descended.
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Ok(out),
-        Err(e) => return Err(Error::io(&dir, e)),
+        Err(e) => return Err(Error::io("read directory", &dir, e)),
     };
     let mut subdirs = Vec::new();
     for ent in rd {
-        let ent = ent.map_err(|e| Error::io(&dir, e))?;
+        let ent = ent.at("read directory", &dir)?;
         let mut child = rel.to_vec();
         child.push(b'/');
         child.extend_from_slice(ent.file_name().as_bytes());
-        let ft = ent.file_type().map_err(|e| Error::io(ent.path(), e))?;
+        let ft = ent.file_type().at("stat", ent.path())?;
         if ft.is_dir() {
             subdirs.push(child);
         } else {
             let m = match ent.metadata() {
                 Ok(m) => m,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io(ent.path(), e)),
+                Err(e) => return Err(Error::io("stat", ent.path(), e)),
             };
             out.push(rec_of(child, &m));
         }
@@ -180,10 +182,12 @@ pub fn read_shared(root: &Path, recs: &[Rec]) -> Result<BTreeMap<String, String>
         if r.kind != KIND_FILE {
             continue;
         }
-        let Ok(rel) = std::str::from_utf8(&r.path) else { continue };
+        let Ok(rel) = std::str::from_utf8(&r.path) else {
+            continue;
+        };
         if merge::class_of(rel).is_some() {
             let p = root.join(rel);
-            let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+            let bytes = std::fs::read(&p).at("read", &p)?;
             let text = String::from_utf8(bytes)
                 .map_err(|_| Error::Other(format!("{}: shared state file is not UTF-8", p.display())))?;
             m.insert(rel.to_string(), text);
@@ -204,7 +208,9 @@ pub fn os_release(root: &Path) -> String {
 /// `<store>/apt-baselines-v1/<blake3 of canonical ROOT>.zst`
 pub fn baseline_path(store_dir: &Path, root: &Path) -> PathBuf {
     let h = blake3::hash(root.as_os_str().as_bytes());
-    store_dir.join("apt-baselines-v1").join(format!("{}.zst", &h.to_hex()[..32]))
+    store_dir
+        .join("apt-baselines-v1")
+        .join(format!("{}.zst", &h.to_hex()[..32]))
 }
 
 /// Root-relative path of the store when it lies inside ROOT (so scans skip it).
@@ -251,7 +257,7 @@ pub fn now_ns() -> i64 {
 /// u32 path len, path, u8 kind, u32 mode, uid, gid, u64 size, i64 mtime, i64 ctime, u64 ino ).
 pub fn write(path: &Path, b: &Baseline) -> Result<()> {
     let dir = path.parent().expect("baseline path has a parent");
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    std::fs::create_dir_all(dir).at("create directory", dir)?;
     let mut buf = Vec::with_capacity(b.recs.len() * 100);
     let hj = serde_json::to_vec(&b.header).map_err(|e| Error::Other(e.to_string()))?;
     buf.extend_from_slice(&(hj.len() as u32).to_le_bytes());
@@ -268,20 +274,26 @@ pub fn write(path: &Path, b: &Baseline) -> Result<()> {
         buf.extend_from_slice(&r.ctime_ns.to_le_bytes());
         buf.extend_from_slice(&r.ino.to_le_bytes());
     }
-    let z = zstd::bulk::compress(&buf, 3).map_err(|e| Error::io(path, e))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
-    tmp.write_all(&z).map_err(|e| Error::io(path, e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    let z = zstd::bulk::compress(&buf, 3).at("compress", path)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).at("create temporary file in", dir)?;
+    tmp.write_all(&z).at("write", path)?;
+    tmp.persist(path)
+        .map_err(|e| Error::io("rename into place", path, e.error))?;
     Ok(())
 }
 
 pub fn read(path: &Path) -> Result<Baseline> {
-    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let f = std::fs::File::open(path).at("open", path)?;
     let mut buf = Vec::new();
     zstd::stream::read::Decoder::new(f)
         .and_then(|mut d| d.read_to_end(&mut buf))
-        .map_err(|e| Error::io(path, e))?;
-    let bad = || Error::Other(format!("{}: corrupt apt baseline (run `envsnap apt begin` again)", path.display()));
+        .at("read", path)?;
+    let bad = || {
+        Error::Other(format!(
+            "{}: corrupt apt baseline (run `envsnap apt begin` again)",
+            path.display()
+        ))
+    };
     let mut pos = 0usize;
     let mut take = |n: usize| -> Result<&[u8]> {
         let s = buf.get(pos..pos + n).ok_or_else(bad)?;
@@ -304,7 +316,17 @@ pub fn read(path: &Path) -> Result<Baseline> {
         let mtime_ns = i64::from_le_bytes(take(8)?.try_into().unwrap());
         let ctime_ns = i64::from_le_bytes(take(8)?.try_into().unwrap());
         let ino = u64::from_le_bytes(take(8)?.try_into().unwrap());
-        recs.push(Rec { path, kind, mode: u32s[0], uid: u32s[1], gid: u32s[2], size, mtime_ns, ctime_ns, ino });
+        recs.push(Rec {
+            path,
+            kind,
+            mode: u32s[0],
+            uid: u32s[1],
+            gid: u32s[2],
+            size,
+            mtime_ns,
+            ctime_ns,
+            ino,
+        });
     }
     Ok(Baseline { header, recs })
 }

@@ -36,7 +36,11 @@ pub fn ignored(rel: &str) -> bool {
     }
     // ucf keeps numbered backups of its hashfile/registry.
     if let Some(n) = rel.strip_prefix("var/lib/ucf/") {
-        if n.rsplit('.').next().is_some_and(|s| s.chars().all(|c| c.is_ascii_digit())) && n.contains('.') {
+        if n.rsplit('.')
+            .next()
+            .is_some_and(|s| s.chars().all(|c| c.is_ascii_digit()))
+            && n.contains('.')
+        {
             return true;
         }
     }
@@ -162,20 +166,38 @@ pub fn compute(root: &Path, base: &Baseline) -> Result<Delta> {
                     .map_err(|_| Error::Other(format!("{}: shared state file is not UTF-8", p.display())))?,
             ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(Error::io(&p, e)),
+            Err(e) => return Err(Error::io("read", &p, e)),
         };
         if path == "var/lib/dpkg/status" {
             status_now = ours.clone();
         }
         if class == Class::Alternatives {
             if base_text != ours {
-                shared.push(SharedChange { path, class, ops: Ops::default(), base: base_text, ours, mode, uid, gid });
+                shared.push(SharedChange {
+                    path,
+                    class,
+                    ops: Ops::default(),
+                    base: base_text,
+                    ours,
+                    mode,
+                    uid,
+                    gid,
+                });
             }
             continue;
         }
         let ops = merge::diff(class, base_text.as_deref().unwrap_or(""), ours.as_deref().unwrap_or(""));
         if !ops.is_empty() {
-            shared.push(SharedChange { path, class, ops, base: None, ours: None, mode, uid, gid });
+            shared.push(SharedChange {
+                path,
+                class,
+                ops,
+                base: None,
+                ours: None,
+                mode,
+                uid,
+                gid,
+            });
         }
     }
 
@@ -197,7 +219,12 @@ pub fn compute(root: &Path, base: &Baseline) -> Result<Delta> {
         present.insert(k.clone());
         let bv = base_pkgs.get(&k).cloned();
         if bv.as_deref() != Some(p.version.as_str()) {
-            packages.push(PkgChange { name: p.name.clone(), arch: p.arch.clone(), version: p.version.clone(), base_version: bv });
+            packages.push(PkgChange {
+                name: p.name.clone(),
+                arch: p.arch.clone(),
+                version: p.version.clone(),
+                base_version: bv,
+            });
         }
     }
     let removed_packages = base
@@ -207,5 +234,11 @@ pub fn compute(root: &Path, base: &Baseline) -> Result<Delta> {
         .filter(|p| !present.contains(&(p.name.clone(), p.arch.clone())))
         .cloned()
         .collect();
-    Ok(Delta { payload, removed, shared, packages, removed_packages })
+    Ok(Delta {
+        payload,
+        removed,
+        shared,
+        packages,
+        removed_packages,
+    })
 }

@@ -4,7 +4,7 @@
 //! Note: the keys branch (`src/key/system.rs::installed_packages`) had not landed when this was
 //! written, so the status parser used by `apt` lives here.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -39,7 +39,9 @@ pub fn parse_stanzas(text: &str) -> Vec<Stanza> {
     for line in text.split_inclusive('\n') {
         if line.trim().is_empty() {
             if !cur.is_empty() {
-                out.push(Stanza { text: std::mem::take(&mut cur) });
+                out.push(Stanza {
+                    text: std::mem::take(&mut cur),
+                });
             }
         } else {
             cur.push_str(line);
@@ -111,7 +113,7 @@ pub fn installed_packages(root: &Path) -> Result<Vec<Pkg>> {
     match std::fs::read_to_string(&p) {
         Ok(t) => Ok(installed_from_status(&t)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(Error::io(&p, e)),
+        Err(e) => Err(Error::io("read", &p, e)),
     }
 }
 
@@ -135,14 +137,16 @@ pub fn owners(root: &Path, paths: &HashSet<String>) -> Result<BTreeMap<String, V
     let rd = match std::fs::read_dir(&info) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(Error::io(&info, e)),
+        Err(e) => return Err(Error::io("read directory", &info, e)),
     };
     for ent in rd {
-        let ent = ent.map_err(|e| Error::io(&info, e))?;
+        let ent = ent.at("read directory", &info)?;
         let name = ent.file_name().to_string_lossy().into_owned();
-        let Some(pkg) = name.strip_suffix(".list") else { continue };
+        let Some(pkg) = name.strip_suffix(".list") else {
+            continue;
+        };
         let pkg = pkg.split(':').next().unwrap_or(pkg).to_string();
-        let text = std::fs::read(ent.path()).map_err(|e| Error::io(ent.path(), e))?;
+        let text = std::fs::read(ent.path()).at("read", ent.path())?;
         for line in String::from_utf8_lossy(&text).lines() {
             if paths.contains(line) {
                 out.entry(line.to_string()).or_default().push(pkg.clone());

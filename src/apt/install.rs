@@ -2,9 +2,9 @@
 //! (no snapshot, or one that does not fit the target) take a baseline, run `apt-get install`
 //! and save the result under the key.
 
-use super::core::{Hit, Store};
+use super::core::{Hit, RestoreOptions, Store};
 use super::{AptRestoreReport, AptSaveReport};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -27,7 +27,11 @@ pub enum InstallOutcome {
     /// Exact hit restored; apt-get did not run.
     Restored { restore: AptRestoreReport },
     /// Fallback restored, then apt-get installed the rest and the result was saved.
-    FallbackInstalled { fallback_key: String, restore: AptRestoreReport, save: AptSaveReport },
+    FallbackInstalled {
+        fallback_key: String,
+        restore: AptRestoreReport,
+        save: AptSaveReport,
+    },
     /// Miss: apt-get installed and the result was saved. `miss_reason` says why a snapshot was not used.
     Installed { miss_reason: String, save: AptSaveReport },
 }
@@ -56,9 +60,13 @@ pub fn apt_get_command(root: &Path, args: &[String]) -> Command {
 }
 
 fn run(root: &Path, args: Vec<String>) -> Result<()> {
-    let st = apt_get_command(root, &args).status().map_err(|e| Error::io("apt-get", e))?;
+    let st = apt_get_command(root, &args).status().at("run", "apt-get")?;
     if !st.success() {
-        return Err(Error::Other(format!("`apt-get {}` in {} failed ({st})", args.join(" "), root.display())));
+        return Err(Error::Other(format!(
+            "`apt-get {}` in {} failed ({st})",
+            args.join(" "),
+            root.display()
+        )));
     }
     Ok(())
 }
@@ -69,7 +77,13 @@ pub fn install(store: &Store, req: &InstallRequest) -> Result<InstallReport> {
         return Err(Error::Usage("apt install: no packages given".into()));
     }
     let root = super::canonical_root(&req.root)?;
-    let done = |outcome| Ok(InstallReport { key: req.key.clone(), outcome, seconds: t0.elapsed().as_secs_f64() });
+    let done = |outcome| {
+        Ok(InstallReport {
+            key: req.key.clone(),
+            outcome,
+            seconds: t0.elapsed().as_secs_f64(),
+        })
+    };
     let mut miss_reason = format!("no snapshot for key '{}'", req.key);
     let mut fallback: Option<(String, AptRestoreReport)> = None;
     // For a fallback the baseline is taken before restoring it, so the saved snapshot holds the
@@ -80,7 +94,7 @@ pub fn install(store: &Store, req: &InstallRequest) -> Result<InstallReport> {
             super::begin(store, &root)?;
             began = true;
         }
-        match super::restore(store, &row, Some(&root), false) {
+        match super::restore(store, &row, Some(&root), &RestoreOptions::default(), false) {
             Ok(r) if matches!(hit, Hit::Exact) => return done(InstallOutcome::Restored { restore: r }),
             Ok(r) => fallback = Some((row.key.clone(), r)),
             Err(Error::Miss(m)) => miss_reason = m,
@@ -105,7 +119,11 @@ pub fn install(store: &Store, req: &InstallRequest) -> Result<InstallReport> {
     run(&root, args)?;
     let save = super::save(store, &root, &req.key)?;
     match fallback {
-        Some((fallback_key, restore)) => done(InstallOutcome::FallbackInstalled { fallback_key, restore, save }),
+        Some((fallback_key, restore)) => done(InstallOutcome::FallbackInstalled {
+            fallback_key,
+            restore,
+            save,
+        }),
         None => done(InstallOutcome::Installed { miss_reason, save }),
     }
 }

@@ -3,7 +3,7 @@
 //! `var/lib/dpkg/lock` (the database lock dpkg holds). fcntl locks are released when the fd
 //! closes, i.e. also when the process is killed.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
@@ -21,7 +21,7 @@ fn lock_one(path: &Path) -> Result<File> {
         .truncate(false)
         .mode(0o640)
         .open(path)
-        .map_err(|e| Error::io(path, e))?;
+        .at("open", path)?;
     // SAFETY: flock is plain data; zeroed is a valid value before we set the fields.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     fl.l_type = libc::F_WRLCK as _;
@@ -38,7 +38,7 @@ fn lock_one(path: &Path) -> Result<File> {
                 path.display()
             )));
         }
-        return Err(Error::io(path, e));
+        return Err(Error::io("lock", path, e));
     }
     Ok(f)
 }

@@ -30,9 +30,9 @@ pub enum Class {
 pub fn class_of(rel: &str) -> Option<Class> {
     match rel {
         "var/lib/dpkg/status" | "var/lib/apt/extended_states" => return Some(Class::PkgStanzas),
-        "var/cache/debconf/config.dat"
-        | "var/cache/debconf/templates.dat"
-        | "var/cache/debconf/passwords.dat" => return Some(Class::NameStanzas),
+        "var/cache/debconf/config.dat" | "var/cache/debconf/templates.dat" | "var/cache/debconf/passwords.dat" => {
+            return Some(Class::NameStanzas)
+        }
         "var/lib/ucf/hashfile" | "var/lib/ucf/registry" | "etc/shells" | "var/lib/dpkg/statoverride" => {
             return Some(Class::Lines)
         }
@@ -68,7 +68,11 @@ pub fn records(class: Class, text: &str) -> Vec<(String, String)> {
                 (key.unwrap_or_else(|| s.text.clone()), s.text)
             })
             .collect(),
-        Class::Lines => text.lines().filter(|l| !l.is_empty()).map(|l| (l.to_string(), format!("{l}\n"))).collect(),
+        Class::Lines => text
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| (l.to_string(), format!("{l}\n")))
+            .collect(),
         Class::ColonLines => text
             .lines()
             .filter(|l| !l.is_empty())
@@ -183,9 +187,18 @@ pub fn parse_alt(text: &str) -> Option<Alt> {
                 sl.insert(name.clone(), p.to_string());
             }
         }
-        choices.push(Choice { path, priority, slaves: sl });
+        choices.push(Choice {
+            path,
+            priority,
+            slaves: sl,
+        });
     }
-    Some(Alt { mode, link, slaves, choices })
+    Some(Alt {
+        mode,
+        link,
+        slaves,
+        choices,
+    })
 }
 
 pub fn write_alt(a: &Alt) -> String {
@@ -246,7 +259,11 @@ pub fn merge_alternatives(base: Option<&str>, ours: Option<&str>, theirs: Option
             if let Some(b) = &b {
                 t.choices.retain(|c| !b.choices.iter().any(|bc| bc.path == c.path));
             }
-            return if t.choices.is_empty() { None } else { Some(write_alt(&t)) };
+            return if t.choices.is_empty() {
+                None
+            } else {
+                Some(write_alt(&t))
+            };
         }
     };
     for (n, l) in &o.slaves {

@@ -2,7 +2,6 @@
 //! `apt begin`) and restore it into another ROOT as if dpkg had installed it. See docs/apt.md.
 
 pub mod baseline;
-mod core_shim;
 pub mod delta;
 pub mod dpkg;
 pub mod install;
@@ -12,10 +11,14 @@ pub mod restore;
 
 /// The core items apt uses, in one place.
 pub(crate) mod core {
-    pub use super::core_shim::*;
+    pub use crate::index::SnapshotRow;
+    pub use crate::repo::{Hit, Store};
+    pub use crate::restore::{LinkMode, RestoreOptions};
+    pub use crate::save::{save, SaveRequest, Selection};
+    pub use crate::snapshot::{Entry, EntryKind, Manifest};
 }
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use delta::{PkgChange, SharedChange};
 use dpkg::Pkg;
 use serde::{Deserialize, Serialize};
@@ -44,7 +47,7 @@ pub struct AptMeta {
 }
 
 pub fn canonical_root(root: &Path) -> Result<PathBuf> {
-    std::fs::canonicalize(root).map_err(|e| Error::io(root, e))
+    std::fs::canonicalize(root).at("resolve", root)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -60,10 +63,16 @@ pub struct BeginReport {
 pub fn begin(store: &core::Store, root: &Path) -> Result<BeginReport> {
     let root = canonical_root(root)?;
     let t0 = std::time::Instant::now();
-    let h = baseline::begin(store.dir(), &root)?;
-    let path = baseline::baseline_path(store.dir(), &root);
+    let h = baseline::begin(store.root(), &root)?;
+    let path = baseline::baseline_path(store.root(), &root);
     let entries = baseline::read(&path).map(|b| b.recs.len() as u64).unwrap_or(0);
-    Ok(BeginReport { root, baseline: path, entries, packages: h.packages.len() as u64, seconds: t0.elapsed().as_secs_f64() })
+    Ok(BeginReport {
+        root,
+        baseline: path,
+        entries,
+        packages: h.packages.len() as u64,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -84,7 +93,7 @@ pub struct AptSaveReport {
 pub fn save(store: &core::Store, root: &Path, key: &str) -> Result<AptSaveReport> {
     let t0 = std::time::Instant::now();
     let root = canonical_root(root)?;
-    let bpath = baseline::baseline_path(store.dir(), &root);
+    let bpath = baseline::baseline_path(store.root(), &root);
     if !bpath.exists() {
         return Err(Error::Usage(format!(
             "no apt baseline for {}: run `envsnap apt begin {}` before `apt-get install`, then `envsnap save apt`",
@@ -116,13 +125,19 @@ pub fn save(store: &core::Store, root: &Path, key: &str) -> Result<AptSaveReport
             meta: meta_json,
             selection: core::Selection::Paths(paths),
             xattrs: true,
+            scanner: None,
+            progress: None,
         },
     )?;
     Ok(AptSaveReport {
         snapshot_id: rep.snapshot_id,
         key: key.to_string(),
         root,
-        packages: d.packages.iter().map(|p| format!("{}:{}={}", p.name, p.arch, p.version)).collect(),
+        packages: d
+            .packages
+            .iter()
+            .map(|p| format!("{}:{}={}", p.name, p.arch, p.version))
+            .collect(),
         payload_entries: n,
         removed_paths: d.removed.len() as u64,
         merged_files: d.shared.len() as u64,

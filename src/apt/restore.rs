@@ -12,12 +12,12 @@
 //! Every step is idempotent (merges re-apply the same record ops), so killing the restore at any
 //! point leaves ROOT with some extra untracked files at worst, and running it again completes it.
 
-use super::core::{self, Entry, EntryKind, Manifest, SnapshotRow, Store};
+use super::core::{Entry, EntryKind, LinkMode, Manifest, RestoreOptions, SnapshotRow, Store};
 use super::delta::SharedChange;
 use super::dpkg;
 use super::merge::{self, Class};
 use super::AptMeta;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use rayon::prelude::*;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::Write;
@@ -42,7 +42,10 @@ pub struct AptRestoreReport {
 /// Parse a snapshot's meta (error when it is not an apt snapshot of a known format).
 pub fn meta_of(snap: &SnapshotRow) -> Result<AptMeta> {
     if snap.kind != "apt" {
-        return Err(Error::Usage(format!("snapshot '{}' is of kind {}, not apt", snap.key, snap.kind)));
+        return Err(Error::Usage(format!(
+            "snapshot '{}' is of kind {}, not apt",
+            snap.key, snap.kind
+        )));
     }
     serde_json::from_value(snap.meta.clone())
         .map_err(|e| Error::Other(format!("snapshot '{}': unreadable apt metadata: {e}", snap.key)))
@@ -73,8 +76,10 @@ pub fn check_compat(meta: &AptMeta, manifest: &Manifest, root: &Path) -> Result<
         return Ok(conflicts);
     }
     let target = dpkg::installed_packages(root)?;
-    let tmap: HashMap<(&str, &str), &str> =
-        target.iter().map(|p| ((p.name.as_str(), p.arch.as_str()), p.version.as_str())).collect();
+    let tmap: HashMap<(&str, &str), &str> = target
+        .iter()
+        .map(|p| ((p.name.as_str(), p.arch.as_str()), p.version.as_str()))
+        .collect();
     for p in &meta.packages {
         if let Some(tv) = tmap.get(&(p.name.as_str(), p.arch.as_str())) {
             if *tv != p.version && Some(*tv) != p.base_version.as_deref() {
@@ -85,8 +90,11 @@ pub fn check_compat(meta: &AptMeta, manifest: &Manifest, root: &Path) -> Result<
             }
         }
     }
-    let base: HashMap<(&str, &str), &str> =
-        meta.base_packages.iter().map(|p| ((p.name.as_str(), p.arch.as_str()), p.version.as_str())).collect();
+    let base: HashMap<(&str, &str), &str> = meta
+        .base_packages
+        .iter()
+        .map(|p| ((p.name.as_str(), p.arch.as_str()), p.version.as_str()))
+        .collect();
     for p in &meta.removed_packages {
         if let Some(tv) = tmap.get(&(p.name.as_str(), p.arch.as_str())) {
             if *tv != p.version {
@@ -121,8 +129,14 @@ pub fn check_compat(meta: &AptMeta, manifest: &Manifest, root: &Path) -> Result<
             if ours.contains(o.as_str()) {
                 continue;
             }
-            let tvs: Vec<&str> = target.iter().filter(|p| p.name == o).map(|p| p.version.as_str()).collect();
-            let ok = tvs.iter().all(|tv| base_by_name.get(o.as_str()).is_some_and(|bv| bv.contains(tv)));
+            let tvs: Vec<&str> = target
+                .iter()
+                .filter(|p| p.name == o)
+                .map(|p| p.version.as_str())
+                .collect();
+            let ok = tvs
+                .iter()
+                .all(|tv| base_by_name.get(o.as_str()).is_some_and(|bv| bv.contains(tv)));
             if !ok {
                 bad.insert(format!(
                     "{o} {} owns {path}, which the snapshot changes, but {o} is not at the snapshot's base version ({})",
@@ -137,11 +151,17 @@ pub fn check_compat(meta: &AptMeta, manifest: &Manifest, root: &Path) -> Result<
 }
 
 /// Restore `snap` into `root` (default: the root it was saved from).
-pub fn restore(store: &Store, snap: &SnapshotRow, root: Option<&Path>, dry_run: bool) -> Result<AptRestoreReport> {
+pub fn restore(
+    store: &Store,
+    snap: &SnapshotRow,
+    root: Option<&Path>,
+    opts: &RestoreOptions,
+    dry_run: bool,
+) -> Result<AptRestoreReport> {
     let t0 = std::time::Instant::now();
     let meta = meta_of(snap)?;
     let root = root.map(Path::to_path_buf).unwrap_or_else(|| meta.root.clone());
-    let root = std::fs::canonicalize(&root).map_err(|e| Error::io(&root, e))?;
+    let root = std::fs::canonicalize(&root).at("resolve", &root)?;
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     if euid != 0 && !dry_run {
@@ -162,7 +182,11 @@ pub fn restore(store: &Store, snap: &SnapshotRow, root: Option<&Path>, dry_run: 
     }
     let mut rep = AptRestoreReport {
         root: root.clone(),
-        packages: meta.packages.iter().map(|p| format!("{}:{}={}", p.name, p.arch, p.version)).collect(),
+        packages: meta
+            .packages
+            .iter()
+            .map(|p| format!("{}:{}={}", p.name, p.arch, p.version))
+            .collect(),
         dry_run,
         ..Default::default()
     };
@@ -183,7 +207,14 @@ pub fn restore(store: &Store, snap: &SnapshotRow, root: Option<&Path>, dry_run: 
     }
 
     let _locks = super::lock::lock(&root)?;
-    place_payload(store, &manifest, &root)?;
+    // Hardlinks would let a later chmod/chown by dpkg or a maintainer script change the store's
+    // objects: system trees always get their own inodes.
+    let link = if opts.link == LinkMode::Hardlink {
+        LinkMode::Auto
+    } else {
+        opts.link
+    };
+    place_payload(store, &manifest, &root, link)?;
     rep.removed = remove_paths(&meta, &root)?;
     // status last: see the module comment.
     let (status, rest): (Vec<&SharedChange>, Vec<&SharedChange>) =
@@ -200,14 +231,17 @@ fn abs(root: &Path, rel: &[u8]) -> PathBuf {
     root.join(std::ffi::OsStr::from_bytes(rel))
 }
 
-fn place_payload(store: &Store, manifest: &Manifest, root: &Path) -> Result<()> {
+fn place_payload(store: &Store, manifest: &Manifest, root: &Path, link: LinkMode) -> Result<()> {
     // Directories first, in path order so parents precede children. An existing directory (or a
     // symlink to one, e.g. merged-/usr `/lib`) is kept; only its mode/owner are set.
     for e in manifest.entries.iter().filter(|e| e.kind == EntryKind::Dir) {
         let p = abs(root, &e.path);
         match std::fs::metadata(&p) {
             Ok(m) if m.is_dir() => {
-                if std::fs::symlink_metadata(&p).map(|l| l.file_type().is_symlink()).unwrap_or(false) {
+                if std::fs::symlink_metadata(&p)
+                    .map(|l| l.file_type().is_symlink())
+                    .unwrap_or(false)
+                {
                     continue;
                 }
                 if m.mode() & 0o7777 == e.mode && m.uid() == e.uid && m.gid() == e.gid {
@@ -215,17 +249,17 @@ fn place_payload(store: &Store, manifest: &Manifest, root: &Path) -> Result<()> 
                 }
             }
             Ok(_) => {
-                std::fs::remove_file(&p).map_err(|er| Error::io(&p, er))?;
-                std::fs::create_dir(&p).map_err(|er| Error::io(&p, er))?;
+                std::fs::remove_file(&p).at("remove", &p)?;
+                std::fs::create_dir(&p).at("create directory", &p)?;
             }
             Err(_) => match std::fs::create_dir(&p) {
                 Ok(()) => {}
                 Err(er) if er.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(er) => return Err(Error::io(&p, er)),
+                Err(er) => return Err(Error::io("create directory", &p, er)),
             },
         }
-        std::os::unix::fs::lchown(&p, Some(e.uid), Some(e.gid)).map_err(|er| Error::io(&p, er))?;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(e.mode)).map_err(|er| Error::io(&p, er))?;
+        std::os::unix::fs::lchown(&p, Some(e.uid), Some(e.gid)).at("chown", &p)?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(e.mode)).at("chmod", &p)?;
     }
     let others: Vec<&Entry> = manifest.entries.iter().filter(|e| e.kind != EntryKind::Dir).collect();
     others.par_iter().try_for_each(|e| -> Result<()> {
@@ -233,11 +267,11 @@ fn place_payload(store: &Store, manifest: &Manifest, root: &Path) -> Result<()> 
         // A directory where the snapshot has a file: only replace it when empty.
         if let Ok(m) = std::fs::symlink_metadata(&p) {
             if m.is_dir() {
-                std::fs::remove_dir(&p).map_err(|er| Error::io(&p, er))?;
+                std::fs::remove_dir(&p).at("remove directory", &p)?;
             }
         }
         match e.kind {
-            EntryKind::File => core::place_file(store, e, &p),
+            EntryKind::File => crate::restore::place_file(store, e, &p, link, true).map(|_| ()),
             EntryKind::Symlink => place_symlink(e, &p),
             EntryKind::Dir => Ok(()),
         }
@@ -255,11 +289,14 @@ fn place_symlink(e: &Entry, p: &Path) -> Result<()> {
     let h = blake3::hash(p.as_os_str().as_bytes()).to_hex();
     let tmp = dir.join(format!(".envsnap-{}-{}", std::process::id(), &h[..12]));
     let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &tmp).map_err(|er| Error::io(&tmp, er))?;
-    std::os::unix::fs::lchown(&tmp, Some(e.uid), Some(e.gid)).map_err(|er| Error::io(&tmp, er))?;
-    let t = filetime::FileTime::from_unix_time(e.mtime_ns.div_euclid(1_000_000_000), e.mtime_ns.rem_euclid(1_000_000_000) as u32);
-    filetime::set_symlink_file_times(&tmp, t, t).map_err(|er| Error::io(&tmp, er))?;
-    std::fs::rename(&tmp, p).map_err(|er| Error::io(p, er))
+    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &tmp).at("create symlink", &tmp)?;
+    std::os::unix::fs::lchown(&tmp, Some(e.uid), Some(e.gid)).at("chown", &tmp)?;
+    let t = filetime::FileTime::from_unix_time(
+        e.mtime_ns.div_euclid(1_000_000_000),
+        e.mtime_ns.rem_euclid(1_000_000_000) as u32,
+    );
+    filetime::set_symlink_file_times(&tmp, t, t).at("set mtime of", &tmp)?;
+    std::fs::rename(&tmp, p).at("rename into place", p)
 }
 
 /// Remove what the install removed, unless a target package the snapshot knows nothing about
@@ -282,22 +319,27 @@ fn remove_paths(meta: &AptMeta, root: &Path) -> Result<u64> {
     let mut paths: Vec<&String> = meta.removed_paths.iter().collect();
     paths.sort_by(|a, b| b.cmp(a));
     for rel in paths {
-        let foreign = owners
-            .get(&format!("/{rel}"))
-            .is_some_and(|os| os.iter().any(|o| !ours.contains(o.as_str()) && !base.contains(o.as_str())));
+        let foreign = owners.get(&format!("/{rel}")).is_some_and(|os| {
+            os.iter()
+                .any(|o| !ours.contains(o.as_str()) && !base.contains(o.as_str()))
+        });
         if foreign {
             continue;
         }
         let p = root.join(rel);
         let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
-        let r = if m.is_dir() { std::fs::remove_dir(&p) } else { std::fs::remove_file(&p) };
+        let r = if m.is_dir() {
+            std::fs::remove_dir(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
         match r {
             Ok(()) => n += 1,
             // A directory that still has the target's files stays.
             Err(e) if m.is_dir() => {
                 let _ = e;
             }
-            Err(e) => return Err(Error::io(&p, e)),
+            Err(e) => return Err(Error::io("read", &p, e)),
         }
     }
     Ok(n)
@@ -310,14 +352,17 @@ fn write_atomic(p: &Path, text: &[u8], mode: u32, uid: u32, gid: u32) -> Result<
         Err(_) => (mode, uid, gid),
     };
     let dir = p.parent().expect("state file has a parent");
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let mut tmp = tempfile::Builder::new().prefix(".envsnap-").tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
-    tmp.write_all(text).map_err(|e| Error::io(p, e))?;
-    tmp.as_file().sync_all().map_err(|e| Error::io(p, e))?;
+    std::fs::create_dir_all(dir).at("create directory", dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".envsnap-")
+        .tempfile_in(dir)
+        .at("create temporary file in", dir)?;
+    tmp.write_all(text).at("write", p)?;
+    tmp.as_file().sync_all().at("sync", p)?;
     let tp = tmp.path().to_path_buf();
-    std::os::unix::fs::chown(&tp, Some(uid), Some(gid)).map_err(|e| Error::io(&tp, e))?;
-    std::fs::set_permissions(&tp, std::fs::Permissions::from_mode(mode)).map_err(|e| Error::io(&tp, e))?;
-    tmp.persist(p).map_err(|e| Error::io(p, e.error))?;
+    std::os::unix::fs::chown(&tp, Some(uid), Some(gid)).at("chown", &tp)?;
+    std::fs::set_permissions(&tp, std::fs::Permissions::from_mode(mode)).at("chmod", &tp)?;
+    tmp.persist(p).map_err(|e| Error::io("rename into place", p, e.error))?;
     Ok(())
 }
 
@@ -327,7 +372,7 @@ fn read_opt(p: &Path) -> Result<Option<String>> {
             .map(Some)
             .map_err(|_| Error::Other(format!("{}: shared state file is not UTF-8", p.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(p, e)),
+        Err(e) => Err(Error::io("read", p, e)),
     }
 }
 
@@ -344,7 +389,7 @@ fn merge_one(sc: &SharedChange, root: &Path) -> Result<()> {
     let merged = merge::merge_alternatives(sc.base.as_deref(), sc.ours.as_deref(), theirs.as_deref());
     match &merged {
         Some(m) if theirs.as_deref() != Some(m.as_str()) => write_atomic(&p, m.as_bytes(), sc.mode, sc.uid, sc.gid)?,
-        None if theirs.is_some() => std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?,
+        None if theirs.is_some() => std::fs::remove_file(&p).at("remove", &p)?,
         _ => {}
     }
     // The payload already carries the snapshot's /etc/alternatives links; they are only right
@@ -352,11 +397,17 @@ fn merge_one(sc: &SharedChange, root: &Path) -> Result<()> {
     if merged == sc.ours {
         return Ok(());
     }
-    let Some(alt) = merged.as_deref().and_then(merge::parse_alt) else { return Ok(()) };
+    let Some(alt) = merged.as_deref().and_then(merge::parse_alt) else {
+        return Ok(());
+    };
     let name = sc.path.rsplit('/').next().unwrap_or_default();
     let etc = root.join("etc/alternatives");
-    let cur = std::fs::read_link(etc.join(name)).ok().map(|p| p.to_string_lossy().into_owned());
-    let Some(choice) = alt.selected(cur.as_deref()) else { return Ok(()) };
+    let cur = std::fs::read_link(etc.join(name))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
+    let Some(choice) = alt.selected(cur.as_deref()) else {
+        return Ok(());
+    };
     set_link(&etc.join(name), Some(&choice.path))?;
     for (sname, _) in &alt.slaves {
         set_link(&etc.join(sname), choice.slaves.get(sname).map(String::as_str))?;
@@ -369,11 +420,11 @@ fn set_link(p: &Path, target: Option<&str>) -> Result<()> {
     match target {
         Some(t) => {
             let tmp = p.with_extension("envsnap-tmp");
-            std::os::unix::fs::symlink(t, &tmp).map_err(|e| Error::io(&tmp, e))?;
-            std::fs::rename(&tmp, p).map_err(|e| Error::io(p, e))
+            std::os::unix::fs::symlink(t, &tmp).at("create symlink", &tmp)?;
+            std::fs::rename(&tmp, p).at("rename into place", p)
         }
         None => match std::fs::remove_file(p) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(p, e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("read", p, e)),
             _ => Ok(()),
         },
     }
@@ -385,7 +436,7 @@ pub fn ldconfig(root: &Path) -> Result<()> {
     if root != Path::new("/") {
         cmd.arg("-r").arg(root);
     }
-    let out = cmd.output().map_err(|e| Error::io("ldconfig", e))?;
+    let out = cmd.output().at("run", "ldconfig")?;
     if !out.status.success() {
         return Err(Error::Other(format!(
             "ldconfig -r {} failed: {}",

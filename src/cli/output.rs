@@ -1,0 +1,106 @@
+//! Everything the binary prints: a human summary on stderr, one JSON object on stdout with
+//! `--json`, progress bars on a terminal, and GitHub Actions outputs.
+
+use envsnap::progress::Progress;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+
+pub struct Ui {
+    pub json: bool,
+    pub quiet: bool,
+    pub verbose: bool,
+}
+
+impl Ui {
+    /// A line for people, on stderr (silent with `-q`).
+    pub fn info(&self, msg: impl AsRef<str>) {
+        if !self.quiet {
+            eprintln!("{}", msg.as_ref());
+        }
+    }
+
+    /// Detail shown with `-v` only.
+    pub fn detail(&self, msg: impl AsRef<str>) {
+        if self.verbose && !self.quiet {
+            eprintln!("{}", msg.as_ref());
+        }
+    }
+
+    pub fn warn(&self, msg: impl AsRef<str>) {
+        if !self.quiet {
+            eprintln!("envsnap: warning: {}", msg.as_ref());
+        }
+    }
+
+    /// The one JSON object of a command, on stdout.
+    pub fn emit_json(&self, v: &serde_json::Value) {
+        if self.json {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{v}");
+        }
+    }
+
+    /// A progress bar when stderr is a terminal and output is not quiet; else nothing, so CI
+    /// logs stay clean.
+    pub fn progress(&self) -> Option<Bar> {
+        (!self.quiet && std::io::stderr().is_terminal()).then(|| Bar { bar: Mutex::new(None) })
+    }
+}
+
+pub struct Bar {
+    bar: Mutex<Option<ProgressBar>>,
+}
+
+impl Progress for Bar {
+    fn start(&self, what: &str, total: u64) {
+        let pb = ProgressBar::new(total);
+        pb.set_style(
+            ProgressStyle::with_template("{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        pb.set_message(what.to_string());
+        *self.bar.lock().unwrap_or_else(|p| p.into_inner()) = Some(pb);
+    }
+
+    fn inc(&self, n: u64) {
+        if let Some(pb) = self.bar.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            pb.inc(n);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(pb) = self.bar.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            pb.finish_and_clear();
+        }
+    }
+}
+
+/// Append `name=value` lines to `$GITHUB_OUTPUT` when it is set (GitHub Actions step outputs).
+pub fn github_output(pairs: &[(&str, &str)]) -> envsnap::Result<()> {
+    let Some(path) = std::env::var_os("GITHUB_OUTPUT").filter(|p| !p.is_empty()) else {
+        return Ok(());
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| envsnap::Error::io("open $GITHUB_OUTPUT", &path, e))?;
+    let mut buf = String::new();
+    for (k, v) in pairs {
+        // Values never contain newlines (keys cannot), so the simple form is safe.
+        buf.push_str(&format!("{k}={v}\n"));
+    }
+    f.write_all(buf.as_bytes())
+        .map_err(|e| envsnap::Error::io("write $GITHUB_OUTPUT", &path, e))
+}
+
+pub fn bytes(n: u64) -> String {
+    bytesize::ByteSize(n).to_string()
+}
+
+pub fn time_ns(ns: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}

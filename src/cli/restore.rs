@@ -1,0 +1,182 @@
+//! `envsnap restore [PATH] --key KEY [--fallback PREFIX]…`: look up, plan, apply, commit.
+
+use super::output::{bytes, github_output};
+use super::{Ctx, Outcome};
+use clap::Args;
+use envsnap::index::SnapshotRow;
+use envsnap::restore::{self, LinkMode, RestoreOptions};
+use envsnap::{Hit, Result, Store};
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct RestoreArgs {
+    /// Where to restore [default: the path the snapshot was saved from]
+    path: Option<PathBuf>,
+    /// Cache key to restore
+    #[arg(long)]
+    key: String,
+    /// Key prefixes tried in order when the key has no snapshot; the newest match wins
+    #[arg(long = "fallback", value_name = "PREFIX")]
+    fallbacks: Vec<String>,
+    /// How restored files share storage with the store: auto (reflink, else copy), reflink,
+    /// hardlink (read-only files sharing the store's inodes) or copy
+    #[arg(long, default_value = "auto", value_parser = parse_link)]
+    link: LinkMode,
+    /// Replace a non-empty destination
+    #[arg(long)]
+    force: bool,
+    /// Print the plan and change nothing
+    #[arg(long)]
+    dry_run: bool,
+}
+
+fn parse_link(s: &str) -> std::result::Result<LinkMode, String> {
+    s.parse().map_err(|e: envsnap::Error| e.to_string())
+}
+
+pub fn run(ctx: &Ctx, a: RestoreArgs) -> Result<Outcome> {
+    let start = Instant::now();
+    envsnap::key::validate(&a.key)?;
+    let store = ctx.open_store()?;
+    let Some((snap, hit)) = store.lookup(&a.key, &a.fallbacks)? else {
+        return miss(ctx, &a);
+    };
+    let dest = a.path.clone().unwrap_or_else(|| snap.source.clone());
+    let opts = RestoreOptions {
+        link: a.link,
+        force: a.force,
+        ..Default::default()
+    };
+    ctx.ui.detail(format!(
+        "{} hit: {} ({}) -> {}",
+        hit.as_str(),
+        snap.key,
+        snap.kind,
+        dest.display()
+    ));
+    // Adapters restore their own kinds; everything else is a plain tree.
+    match snap.kind.as_str() {
+        "apt" => restore_apt(ctx, &store, &a, snap, hit, &opts),
+        _ => restore_dir(ctx, &store, &a, snap, hit, &dest, &opts, start),
+    }
+}
+
+fn miss(ctx: &Ctx, a: &RestoreArgs) -> Result<Outcome> {
+    let tried = if a.fallbacks.is_empty() {
+        String::new()
+    } else {
+        format!(" or prefixes {:?}", a.fallbacks)
+    };
+    ctx.ui
+        .info(format!("miss: no snapshot for key {}{tried}; nothing restored", a.key));
+    github_output(&[("cache-hit", "false"), ("matched-key", ""), ("hit", "miss")])?;
+    ctx.ui.emit_json(&json!({
+        "hit": "miss", "key": a.key, "matched_key": null, "files": 0, "bytes": 0, "seconds": 0.0, "link": null,
+    }));
+    Ok(Outcome::Miss)
+}
+
+/// Outputs shared by every kind of restore.
+pub fn hit_outputs(hit: Hit, snap: &SnapshotRow) -> Result<()> {
+    github_output(&[
+        ("cache-hit", if hit == Hit::Exact { "true" } else { "false" }),
+        ("matched-key", &snap.key),
+        ("hit", hit.as_str()),
+    ])
+}
+
+#[allow(clippy::too_many_arguments)]
+fn restore_dir(
+    ctx: &Ctx,
+    store: &Store,
+    a: &RestoreArgs,
+    snap: SnapshotRow,
+    hit: Hit,
+    dest: &std::path::Path,
+    opts: &RestoreOptions,
+    start: Instant,
+) -> Result<Outcome> {
+    let manifest = store.manifest(snap.id)?;
+    let plan = restore::plan(&snap, manifest, dest, opts)?;
+    let mut out = json!({
+        "hit": hit.as_str(), "key": a.key, "matched_key": snap.key, "kind": snap.kind,
+        "path": plan.dest, "files": plan.files, "dirs": plan.dirs, "symlinks": plan.symlinks,
+        "bytes": plan.bytes, "dry_run": a.dry_run, "replaces": plan.replaces,
+    });
+    hit_outputs(hit, &snap)?;
+    if a.dry_run {
+        ctx.ui.info(format!(
+            "dry run: would restore {} ({} hit) to {}: {} files, {} dirs, {} symlinks, {}, link {}{}",
+            snap.key,
+            hit.as_str(),
+            plan.dest.display(),
+            plan.files,
+            plan.dirs,
+            plan.symlinks,
+            bytes(plan.bytes),
+            plan.link.as_str(),
+            if plan.replaces {
+                " (replacing the existing tree)"
+            } else {
+                ""
+            }
+        ));
+        out["link"] = json!(plan.link.as_str());
+        out["seconds"] = json!(start.elapsed().as_secs_f64());
+        ctx.ui.emit_json(&out);
+        return Ok(Outcome::Done);
+    }
+    let (files, bytes_n, dest) = (plan.files, plan.bytes, plan.dest.clone());
+    let bar = ctx.ui.progress();
+    let staged = plan.apply(store, bar.as_ref().map(|b| b as _))?;
+    let link = staged.link_used().to_string();
+    staged.commit()?;
+    store.mark_restored(snap.id)?;
+    let secs = start.elapsed().as_secs_f64();
+    ctx.ui.info(format!(
+        "restored {} ({} hit) to {}: {} files, {} in {:.2}s (link: {})",
+        snap.key,
+        hit.as_str(),
+        dest.display(),
+        files,
+        bytes(bytes_n),
+        secs,
+        link
+    ));
+    out["link"] = json!(link);
+    out["seconds"] = json!(secs);
+    ctx.ui.emit_json(&out);
+    Ok(Outcome::Done)
+}
+
+/// apt snapshots are merged into a live system root, not staged as a tree.
+fn restore_apt(
+    ctx: &Ctx,
+    store: &Store,
+    a: &RestoreArgs,
+    snap: SnapshotRow,
+    hit: Hit,
+    opts: &RestoreOptions,
+) -> Result<Outcome> {
+    let r = match envsnap::apt::restore(store, &snap, a.path.as_deref(), opts, a.dry_run) {
+        Err(e) if e.is_miss() => {
+            github_output(&[("cache-hit", "false"), ("matched-key", ""), ("hit", "miss")])?;
+            return Err(e);
+        }
+        r => r?,
+    };
+    if !a.dry_run {
+        store.mark_restored(snap.id)?;
+    }
+    hit_outputs(hit, &snap)?;
+    super::apt::print_restore(ctx, &snap.key, &r);
+    let mut out = serde_json::to_value(&r).unwrap_or_default();
+    out["hit"] = json!(hit.as_str());
+    out["key"] = json!(a.key);
+    out["matched_key"] = json!(snap.key);
+    out["kind"] = json!("apt");
+    ctx.ui.emit_json(&out);
+    Ok(Outcome::Done)
+}

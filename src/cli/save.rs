@@ -1,0 +1,96 @@
+//! `envsnap save dir PATH --key KEY` (and the adapters' `save venv`, `save apt`).
+
+use super::output::bytes;
+use super::{Ctx, Outcome};
+use clap::{Args, Subcommand};
+use envsnap::save::{save, SaveReport, SaveRequest};
+use envsnap::Result;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct SaveArgs {
+    #[command(subcommand)]
+    what: SaveWhat,
+}
+
+#[derive(Subcommand)]
+enum SaveWhat {
+    /// Any directory: a pip download cache, build outputs, a toolchain
+    Dir {
+        /// The directory to snapshot
+        path: PathBuf,
+        /// Cache key (updatable: saving an existing key points it at the new snapshot)
+        #[arg(long)]
+        key: String,
+    },
+    /// What apt-get installed since `envsnap apt begin ROOT`
+    Apt {
+        /// The system root given to `apt begin`
+        #[arg(default_value = "/")]
+        root: PathBuf,
+        /// Cache key
+        #[arg(long)]
+        key: String,
+    },
+}
+
+pub fn run(ctx: &Ctx, args: SaveArgs) -> Result<Outcome> {
+    match args.what {
+        SaveWhat::Dir { path, key } => {
+            envsnap::key::validate(&key)?;
+            let store = ctx.open_store()?;
+            let bar = ctx.ui.progress();
+            let mut req = SaveRequest::tree(key, "dir", path);
+            req.progress = bar.as_ref().map(|b| b as _);
+            let report = save(&store, req)?;
+            print_report(ctx, &report, serde_json::json!({}));
+            Ok(Outcome::Done)
+        }
+        SaveWhat::Apt { root, key } => {
+            envsnap::key::validate(&key)?;
+            let store = ctx.open_store()?;
+            let r = envsnap::apt::save(&store, &root, &key)?;
+            ctx.ui.info(format!(
+                "saved {} (apt): {} packages added or changed, {} paths, {} files ({}), {} removed paths, {} shared files in {:.2}s",
+                r.key,
+                r.packages.len(),
+                r.payload_entries,
+                r.files,
+                super::output::bytes(r.bytes),
+                r.removed_paths,
+                r.merged_files,
+                r.seconds
+            ));
+            ctx.ui.emit_json(&serde_json::to_value(&r).unwrap_or_default());
+            Ok(Outcome::Done)
+        }
+    }
+}
+
+/// The summary every kind of save prints; `extra` adds adapter fields to the JSON.
+pub fn print_report(ctx: &Ctx, r: &SaveReport, extra: serde_json::Value) {
+    for p in &r.skipped_special {
+        ctx.ui.warn(format!(
+            "skipped special file {} (devices, FIFOs and sockets are not saved)",
+            p.display()
+        ));
+    }
+    ctx.ui.info(format!(
+        "saved {} ({}): {} files, {} dirs, {} symlinks, {}; {} hashed, {} new objects ({}) in {:.2}s",
+        r.key,
+        r.kind,
+        r.files,
+        r.dirs,
+        r.symlinks,
+        bytes(r.bytes),
+        r.hashed_files,
+        r.new_objects,
+        bytes(r.new_bytes),
+        r.seconds
+    ));
+    let mut v = serde_json::to_value(r).unwrap_or_default();
+    if let (Some(obj), serde_json::Value::Object(extra)) = (v.as_object_mut(), extra) {
+        obj.extend(extra);
+    }
+    ctx.ui.emit_json(&v);
+}

@@ -1,0 +1,380 @@
+//! Restore, as plan-then-apply: [`plan`] validates the snapshot and the destination and
+//! writes nothing (it is `--dry-run`); [`Plan::apply`] materializes the tree in a temporary
+//! sibling of the destination and returns a [`Staged`] tree, which an adapter may fix up
+//! before [`Staged::commit`] renames it into place. A failed or interrupted restore leaves no
+//! half tree at the destination: dropping a `Staged` removes it.
+
+pub mod link;
+
+pub use link::{LinkMode, LinkStats, LinkUsed};
+
+use crate::error::{Error, IoContext, Result};
+use crate::index::SnapshotRow;
+use crate::progress::{self, Progress};
+use crate::repo::Store;
+use crate::snapshot::{Entry, EntryKind, Manifest};
+use link::{materialize, ns_to_filetime, set_xattrs};
+use rayon::prelude::*;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::fs::{self, Permissions};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug)]
+pub struct RestoreOptions {
+    pub link: LinkMode,
+    /// Replace a non-empty destination.
+    pub force: bool,
+    /// Restore owners (default: when running as root).
+    pub chown: bool,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions {
+            link: LinkMode::Auto,
+            force: false,
+            chown: is_root(),
+        }
+    }
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Everything a restore will do, computed without writing.
+pub struct Plan {
+    pub snapshot: SnapshotRow,
+    pub manifest: Manifest,
+    pub dest: PathBuf,
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+    pub link: LinkMode,
+    pub chown: bool,
+    pub force: bool,
+    /// The destination exists and is not empty: it will be replaced (`--force`).
+    pub replaces: bool,
+    /// Paths an adapter will rewrite: they get a private copy, never a link to the store.
+    pub private_copies: HashSet<Vec<u8>>,
+}
+
+/// Is `p` missing, an empty directory, or something else?
+enum DestState {
+    Missing,
+    Empty,
+    Occupied,
+}
+
+fn dest_state(p: &Path) -> Result<DestState> {
+    match fs::symlink_metadata(p) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(DestState::Missing),
+        Err(e) => Err(Error::io("stat", p, e)),
+        Ok(m) if m.is_dir() => {
+            let mut rd = fs::read_dir(p).at("list", p)?;
+            Ok(if rd.next().is_none() {
+                DestState::Empty
+            } else {
+                DestState::Occupied
+            })
+        }
+        Ok(_) => Ok(DestState::Occupied),
+    }
+}
+
+/// Validate the snapshot's entries and the destination. Writes nothing.
+pub fn plan(snapshot: &SnapshotRow, manifest: Manifest, dest: &Path, opts: &RestoreOptions) -> Result<Plan> {
+    manifest.validate_tree(&snapshot.key)?;
+    let dest = std::path::absolute(dest).at("resolve", dest)?;
+    if dest.parent().is_none() {
+        return Err(Error::Usage(format!("cannot restore a tree onto {}", dest.display())));
+    }
+    let replaces = match dest_state(&dest)? {
+        DestState::Missing | DestState::Empty => false,
+        DestState::Occupied if opts.force => true,
+        DestState::Occupied => {
+            return Err(Error::Usage(format!(
+                "{} exists and is not empty: pass --force to replace it, or restore elsewhere",
+                dest.display()
+            )))
+        }
+    };
+    let count = |k| manifest.entries.iter().filter(|e| e.kind == k).count() as u64;
+    Ok(Plan {
+        files: count(EntryKind::File),
+        dirs: count(EntryKind::Dir),
+        symlinks: count(EntryKind::Symlink),
+        bytes: manifest.files().map(|e| e.size).sum(),
+        snapshot: snapshot.clone(),
+        manifest,
+        dest,
+        link: opts.link,
+        chown: opts.chown,
+        force: opts.force,
+        replaces,
+        private_copies: HashSet::new(),
+    })
+}
+
+fn rel_path(base: &Path, rel: &[u8]) -> PathBuf {
+    base.join(OsStr::from_bytes(rel))
+}
+
+impl Plan {
+    /// Materialize the tree in a temporary sibling of the destination.
+    pub fn apply(self, store: &Store, progress: Option<&dyn Progress>) -> Result<Staged> {
+        let _lock = store.lock_shared()?;
+        let parent = self.dest.parent().expect("checked in plan").to_path_buf();
+        fs::create_dir_all(&parent).at("create directory", &parent)?;
+        let name = self
+            .dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let staging = tempfile::Builder::new()
+            .prefix(&format!(".{name}.envsnap-"))
+            .tempdir_in(&parent)
+            .at("create a staging directory in", &parent)?;
+        let base = staging.path().to_path_buf();
+
+        // Directories first (sorted order puts parents before children); owner-writable until
+        // commit so adapters can still write into them.
+        for e in self.manifest.entries.iter().filter(|e| e.kind == EntryKind::Dir) {
+            let p = rel_path(&base, &e.path);
+            fs::create_dir(&p).at("create directory", &p)?;
+        }
+
+        // Files: one per hard-link group first (in parallel), then the other members as links.
+        let stats = LinkStats::default();
+        let mut leaders: HashMap<u64, &Entry> = HashMap::new();
+        let mut firsts = Vec::new();
+        let mut followers = Vec::new();
+        for e in self.manifest.files() {
+            match e.link_group {
+                Some(g) if leaders.contains_key(&g) => followers.push(e),
+                Some(g) => {
+                    leaders.insert(g, e);
+                    firsts.push(e);
+                }
+                None => firsts.push(e),
+            }
+        }
+        progress::with(progress, |p| p.start("restoring", self.bytes));
+        firsts.par_iter().try_for_each(|e| {
+            let p = rel_path(&base, &e.path);
+            let mode = if self.private_copies.contains(&e.path) {
+                LinkMode::Copy
+            } else {
+                self.link
+            };
+            materialize(&store.objects, e, &p, mode, self.chown, &stats)?;
+            progress::with(progress, |pr| pr.inc(e.size));
+            Ok::<_, Error>(())
+        })?;
+        progress::with(progress, |p| p.finish());
+        for e in followers {
+            let leader = leaders[&e.link_group.expect("followers have a group")];
+            let (from, to) = (rel_path(&base, &leader.path), rel_path(&base, &e.path));
+            fs::hard_link(&from, &to).at("hardlink", &to)?;
+        }
+
+        for e in self.manifest.entries.iter().filter(|e| e.kind == EntryKind::Symlink) {
+            let p = rel_path(&base, &e.path);
+            let target = OsStr::from_bytes(e.target.as_deref().expect("validated"));
+            std::os::unix::fs::symlink(target, &p).at("create symlink", &p)?;
+            if self.chown {
+                std::os::unix::fs::lchown(&p, Some(e.uid), Some(e.gid)).at("chown", &p)?;
+            }
+            filetime::set_symlink_file_times(&p, ns_to_filetime(e.mtime_ns), ns_to_filetime(e.mtime_ns))
+                .at("set mtime of", &p)?;
+        }
+
+        Ok(Staged {
+            dir: Some(staging),
+            link_used: stats.summary(),
+            plan: self,
+        })
+    }
+}
+
+/// A fully materialized tree waiting to be renamed into place.
+pub struct Staged {
+    dir: Option<tempfile::TempDir>,
+    link_used: String,
+    pub plan: Plan,
+}
+
+impl Staged {
+    /// Where the tree is now (write fixups here, for the final path `plan.dest`).
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().expect("not committed").path()
+    }
+
+    /// The link mode actually used: `reflink`, `copy`, `hardlink` or a `+`-joined mix.
+    pub fn link_used(&self) -> &str {
+        &self.link_used
+    }
+
+    /// Set directory attributes (children first, so their mtimes stick), then rename the tree
+    /// into place, replacing the destination only if it was empty or `--force` was given.
+    pub fn commit(mut self) -> Result<()> {
+        let base = self.path().to_path_buf();
+        let plan = &self.plan;
+        for e in plan.manifest.entries.iter().rev().filter(|e| e.kind == EntryKind::Dir) {
+            set_dir_attrs(
+                &rel_path(&base, &e.path),
+                e.uid,
+                e.gid,
+                e.mode,
+                e.mtime_ns,
+                plan.chown,
+                e,
+            )?;
+        }
+        let s = &plan.snapshot;
+        let root_entry = Entry {
+            path: Vec::new(),
+            kind: EntryKind::Dir,
+            mode: s.root_mode,
+            uid: s.root_uid,
+            gid: s.root_gid,
+            size: 0,
+            mtime_ns: s.root_mtime_ns,
+            object: None,
+            target: None,
+            link_group: None,
+            xattrs: Vec::new(),
+            note: None,
+        };
+        set_dir_attrs(
+            &base,
+            s.root_uid,
+            s.root_gid,
+            s.root_mode,
+            s.root_mtime_ns,
+            plan.chown,
+            &root_entry,
+        )?;
+
+        let staged = self.dir.take().expect("not committed").keep();
+        let dest = plan.dest.clone();
+        let result = match dest_state(&dest) {
+            Ok(DestState::Missing) | Ok(DestState::Empty) => {
+                // rename(2) replaces an empty directory atomically.
+                fs::rename(&staged, &dest).at("rename into place", &dest)
+            }
+            Ok(DestState::Occupied) if plan.force => replace(&staged, &dest),
+            Ok(DestState::Occupied) => Err(Error::Usage(format!(
+                "{} appeared while restoring and is not empty: pass --force to replace it",
+                dest.display()
+            ))),
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            let _ = remove_tree(&staged);
+        }
+        result
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(d) = self.dir.take() {
+            let _ = remove_tree(&d.keep());
+        }
+    }
+}
+
+fn set_dir_attrs(p: &Path, uid: u32, gid: u32, mode: u32, mtime_ns: i64, chown: bool, e: &Entry) -> Result<()> {
+    if chown {
+        std::os::unix::fs::chown(p, Some(uid), Some(gid)).at("chown", p)?;
+    }
+    fs::set_permissions(p, Permissions::from_mode(mode)).at("chmod", p)?;
+    set_xattrs(p, e)?;
+    filetime::set_file_mtime(p, ns_to_filetime(mtime_ns)).at("set mtime of", p)
+}
+
+/// Move the old tree aside, the new one in, then delete the old one.
+fn replace(staged: &Path, dest: &Path) -> Result<()> {
+    let parent = dest.parent().expect("absolute destination has a parent");
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let trash = tempfile::Builder::new()
+        .prefix(&format!(".{name}.envsnap-old-"))
+        .tempdir_in(parent)
+        .at("create a directory in", parent)?
+        .keep();
+    let old = trash.join("old");
+    fs::rename(dest, &old).at("move aside", dest)?;
+    if let Err(e) = fs::rename(staged, dest) {
+        // Put the old tree back: nothing is lost.
+        let _ = fs::rename(&old, dest);
+        let _ = fs::remove_dir(&trash);
+        return Err(Error::io("rename into place", dest, e));
+    }
+    remove_tree(&trash).at("remove the replaced tree", &trash)
+}
+
+/// `rm -rf` that also copes with read-only directories (restored trees may have them).
+pub fn remove_tree(p: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(p) {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            for d in walkdir::WalkDir::new(p).into_iter().filter_map(|e| e.ok()) {
+                if d.file_type().is_dir() {
+                    let _ = fs::set_permissions(d.path(), Permissions::from_mode(0o700));
+                }
+            }
+            fs::remove_dir_all(p)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
+/// Restore one file into an existing tree (the apt adapter): a temporary file next to `dest`
+/// renamed over it, so a reader sees the old file or the new one, never a partial one.
+pub fn place_file(store: &Store, entry: &Entry, dest: &Path, link: LinkMode, chown: bool) -> Result<LinkUsed> {
+    let parent = dest
+        .parent()
+        .ok_or_else(|| Error::Usage(format!("cannot write {}", dest.display())))?;
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // A name unique to this process and call; materialize creates it with O_EXCL.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = parent.join(format!(".{name}.envsnap-{}-{seq}", std::process::id()));
+    let stats = LinkStats::default();
+    let used = materialize(&store.objects, entry, &tmp, link, chown, &stats).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })?;
+    fs::rename(&tmp, dest)
+        .inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })
+        .at("rename into place", dest)?;
+    Ok(used)
+}
+
+/// Set an entry's owner, mode, xattrs and mtime on an existing path (apt: directories).
+pub fn apply_attrs(path: &Path, entry: &Entry, chown: bool) -> Result<()> {
+    match entry.kind {
+        EntryKind::Symlink => {
+            if chown {
+                std::os::unix::fs::lchown(path, Some(entry.uid), Some(entry.gid)).at("chown", path)?;
+            }
+            let t = ns_to_filetime(entry.mtime_ns);
+            filetime::set_symlink_file_times(path, t, t).at("set mtime of", path)
+        }
+        _ => set_dir_attrs(path, entry.uid, entry.gid, entry.mode, entry.mtime_ns, chown, entry),
+    }
+}

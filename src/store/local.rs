@@ -1,0 +1,282 @@
+//! The local object directory: `objects-v1/ab/cdef…[.x]`, written via temp file + rename.
+
+use super::{ObjectId, ObjectStore};
+use crate::error::{Error, IoContext, Result};
+use std::fs::{self, File, Permissions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// Versioned so that a future layout never misreads old data.
+pub const OBJECTS_DIR: &str = "objects-v1";
+
+/// Files up to this size are read into memory whole (one read, one write); larger ones are
+/// streamed to a temporary object while being hashed, so each file is still read once.
+const WHOLE_FILE_LIMIT: u64 = 8 << 20;
+const CHUNK: usize = 1 << 20;
+
+pub struct LocalObjects {
+    root: PathBuf,
+    tmp: PathBuf,
+}
+
+/// A look at a file's whole content while it is in memory anyway (see `save::ContentScanner`).
+pub type ScanFn<'a> = &'a dyn Fn(&[u8]) -> Option<String>;
+
+/// The result of ingesting one file.
+pub struct Ingested {
+    pub id: ObjectId,
+    pub size: u64,
+    /// True when this call added the object to the store.
+    pub new: bool,
+    /// The adapter's note for this content, when a scanner was given.
+    pub note: Option<String>,
+}
+
+impl LocalObjects {
+    /// `root` is `<store>/objects-v1`, `tmp` a scratch directory on the same filesystem.
+    pub fn new(root: PathBuf, tmp: PathBuf) -> Result<Self> {
+        fs::create_dir_all(&root).at("create directory", &root)?;
+        fs::create_dir_all(&tmp).at("create directory", &tmp)?;
+        Ok(LocalObjects { root, tmp })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Where an object lives (whether or not it exists).
+    pub fn path(&self, id: &ObjectId) -> PathBuf {
+        let name = id.to_string();
+        self.root.join(&name[..2]).join(&name[2..])
+    }
+
+    pub fn exists(&self, id: &ObjectId) -> bool {
+        fs::symlink_metadata(self.path(id)).is_ok()
+    }
+
+    /// Hash `src` and add it to the store unless an object with that content and exec bit is
+    /// already there. `mtime` becomes the new object's mtime (hardlinked restores show it).
+    /// `scan` sees the whole content of small files (and of large ones when `scan_large`).
+    pub fn ingest(&self, src: &Path, exec: bool, mtime: filetime::FileTime, scan: Option<ScanFn>) -> Result<Ingested> {
+        let mut file = File::open(src).at("read", src)?;
+        let len = file.metadata().at("stat", src)?.len();
+        if len <= WHOLE_FILE_LIMIT || scan.is_some() {
+            let mut buf = Vec::with_capacity(len as usize);
+            file.read_to_end(&mut buf).at("read", src)?;
+            let id = ObjectId::new(blake3::hash(&buf), exec);
+            let note = scan.and_then(|f| f(&buf));
+            let new = if self.exists(&id) {
+                false
+            } else {
+                let mut tmp = self.temp_file()?;
+                tmp.write_all(&buf).at("write", tmp.path())?;
+                self.persist(tmp, &id, mtime)?
+            };
+            return Ok(Ingested {
+                id,
+                size: buf.len() as u64,
+                new,
+                note,
+            });
+        }
+        // Large file: copy into a temporary object while hashing; keep it only if new.
+        let mut tmp = self.temp_file()?;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; CHUNK];
+        let mut size = 0u64;
+        loop {
+            let n = match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io("read", src, e)),
+            };
+            hasher.update(&buf[..n]);
+            tmp.write_all(&buf[..n]).at("write", tmp.path())?;
+            size += n as u64;
+        }
+        let id = ObjectId::new(hasher.finalize(), exec);
+        let new = if self.exists(&id) {
+            false
+        } else {
+            self.persist(tmp, &id, mtime)?
+        };
+        Ok(Ingested {
+            id,
+            size,
+            new,
+            note: None,
+        })
+    }
+
+    fn temp_file(&self) -> Result<tempfile::NamedTempFile> {
+        tempfile::Builder::new()
+            .prefix("obj-")
+            .tempfile_in(&self.tmp)
+            .at("create temporary file in", &self.tmp)
+    }
+
+    /// Make a finished temporary file the object `id`: read-only, then renamed into place so a
+    /// partially written object is never visible under its name.
+    fn persist(&self, tmp: tempfile::NamedTempFile, id: &ObjectId, mtime: filetime::FileTime) -> Result<bool> {
+        let dest = self.path(id);
+        let mode = if id.exec { 0o555 } else { 0o444 };
+        tmp.as_file()
+            .set_permissions(Permissions::from_mode(mode))
+            .at("chmod", tmp.path())?;
+        filetime::set_file_handle_times(tmp.as_file(), None, Some(mtime)).at("set mtime of", tmp.path())?;
+        let shard = dest.parent().expect("object path has a shard directory");
+        fs::create_dir_all(shard).at("create directory", shard)?;
+        // A concurrent save may have renamed the same content into place first: renaming over
+        // it is harmless (same bytes), and hardlinked restores keep the inode they have.
+        tmp.persist(&dest)
+            .map_err(|e| Error::io("rename into", &dest, e.error))?;
+        Ok(true)
+    }
+
+    /// Copy an object's content to `dest` while hashing it; a mismatch is [`Error::Corrupt`] and
+    /// `dest` is left for the caller to discard.
+    pub fn copy_verified(&self, id: &ObjectId, dest: &mut File, dest_path: &Path) -> Result<u64> {
+        let src = self.path(id);
+        let mut f = self.open(id)?;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 256 << 10];
+        let mut n_total = 0u64;
+        loop {
+            let n = match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io("read", &src, e)),
+            };
+            hasher.update(&buf[..n]);
+            dest.write_all(&buf[..n]).at("write", dest_path)?;
+            n_total += n as u64;
+        }
+        if hasher.finalize().as_bytes() != &id.hash {
+            return Err(Error::Corrupt {
+                id: id.to_string(),
+                path: src,
+            });
+        }
+        Ok(n_total)
+    }
+
+    /// Re-hash an object and compare with its name.
+    pub fn check(&self, id: &ObjectId) -> Result<bool> {
+        let path = self.path(id);
+        let mut f = self.open(id)?;
+        let mut hasher = blake3::Hasher::new();
+        // update_reader streams with a large buffer; objects can be gigabytes.
+        hasher.update_reader(&mut f).at("read", &path)?;
+        Ok(hasher.finalize().as_bytes() == &id.hash)
+    }
+
+    pub fn open(&self, id: &ObjectId) -> Result<File> {
+        let path = self.path(id);
+        File::open(&path).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                Error::MissingObject { id: id.to_string() }
+            } else {
+                Error::io("open object", &path, e)
+            }
+        })
+    }
+
+    /// Every object file present, with its size. Stray names (temporary leftovers, foreign
+    /// files) are ignored rather than misread.
+    pub fn scan(&self) -> Result<Vec<(ObjectId, u64)>> {
+        let mut out = Vec::new();
+        for shard in fs::read_dir(&self.root).at("list", &self.root)? {
+            let shard = shard.at("list", &self.root)?;
+            let sname = shard.file_name();
+            let Some(sname) = sname.to_str().filter(|s| s.len() == 2) else {
+                continue;
+            };
+            let sdir = shard.path();
+            if !sdir.is_dir() {
+                continue;
+            }
+            for obj in fs::read_dir(&sdir).at("list", &sdir)? {
+                let obj = obj.at("list", &sdir)?;
+                let Some(rest) = obj.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
+                let Ok(id) = format!("{sname}{rest}").parse::<ObjectId>() else {
+                    continue;
+                };
+                let size = obj.metadata().map(|m| m.len()).unwrap_or(0);
+                out.push((id, size));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Remove an object file; a missing one is not an error.
+    pub fn delete(&self, id: &ObjectId) -> Result<()> {
+        let p = self.path(id);
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io("remove", &p, e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl ObjectStore for LocalObjects {
+    fn contains(&self, id: &ObjectId) -> Result<bool> {
+        Ok(self.exists(id))
+    }
+
+    fn put_file(&self, id: &ObjectId, src: &Path) -> Result<()> {
+        if self.exists(id) {
+            return Ok(());
+        }
+        let mut tmp = self.temp_file()?;
+        let mut f = File::open(src).at("read", src)?;
+        io::copy(&mut f, tmp.as_file_mut()).at("write", tmp.path())?;
+        let mtime = filetime::FileTime::from_last_modification_time(&f.metadata().at("stat", src)?);
+        self.persist(tmp, id, mtime).map(|_| ())
+    }
+
+    fn get_to(&self, id: &ObjectId, dest: &Path) -> Result<()> {
+        let mut out = File::create(dest).at("create", dest)?;
+        self.copy_verified(id, &mut out, dest).map(|_| ())
+    }
+
+    fn list(&self) -> Result<Vec<ObjectId>> {
+        Ok(self.scan()?.into_iter().map(|(id, _)| id).collect())
+    }
+
+    fn remove(&self, id: &ObjectId) -> Result<()> {
+        self.delete(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ingest_dedupes_and_keeps_exec_variants_apart() {
+        let d = tempfile::tempdir().unwrap();
+        let objs = LocalObjects::new(d.path().join("o"), d.path().join("t")).unwrap();
+        let src = d.path().join("f");
+        fs::write(&src, b"same bytes").unwrap();
+        let t = filetime::FileTime::from_unix_time(1_600_000_000, 5);
+        let a = objs.ingest(&src, false, t, None).unwrap();
+        let b = objs.ingest(&src, false, t, None).unwrap();
+        let c = objs.ingest(&src, true, t, None).unwrap();
+        assert!(a.new && !b.new && c.new);
+        assert_eq!(a.id, b.id);
+        assert_ne!(a.id, c.id);
+        let meta = fs::metadata(objs.path(&c.id)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o555);
+        assert!(objs.check(&a.id).unwrap());
+        assert_eq!(objs.scan().unwrap().len(), 2);
+    }
+}

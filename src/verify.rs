@@ -1,0 +1,71 @@
+//! Verify: re-hash every object, find the ones the index references but the store lacks, and
+//! name the snapshots they break.
+
+use crate::error::Result;
+use crate::store::ObjectId;
+use crate::Store;
+use rayon::prelude::*;
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct VerifyReport {
+    pub objects: u64,
+    pub bytes: u64,
+    pub corrupt: Vec<String>,
+    pub missing: Vec<String>,
+    /// Keys of snapshots that reference a corrupt or missing object.
+    pub broken_snapshots: Vec<String>,
+    /// Corrupt objects removed (`--repair`), so the next save of that content stores it anew.
+    pub removed: u64,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.corrupt.is_empty() && self.missing.is_empty()
+    }
+}
+
+pub fn verify(store: &Store, repair: bool) -> Result<VerifyReport> {
+    let _lock = store.lock_shared()?;
+    let present = store.objects.scan()?;
+    let bad: Vec<ObjectId> = present
+        .par_iter()
+        .filter_map(|(id, _)| match store.objects.check(id) {
+            Ok(true) => None,
+            _ => Some(*id),
+        })
+        .collect();
+    let present_ids: HashSet<ObjectId> = present.iter().map(|(id, _)| *id).collect();
+    let refs = store.index().object_refs()?;
+    let bad_set: HashSet<ObjectId> = bad.iter().copied().collect();
+    let mut missing = BTreeSet::new();
+    let mut broken_ids = HashSet::new();
+    for (snap, obj, _) in &refs {
+        if !present_ids.contains(obj) {
+            missing.insert(obj.to_string());
+            broken_ids.insert(*snap);
+        } else if bad_set.contains(obj) {
+            broken_ids.insert(*snap);
+        }
+    }
+    let keys: HashMap<i64, String> = store.index().list(None)?.into_iter().map(|s| (s.id, s.key)).collect();
+    let mut broken: Vec<String> = broken_ids.iter().filter_map(|id| keys.get(id).cloned()).collect();
+    broken.sort();
+    let mut removed = 0;
+    if repair {
+        for id in &bad {
+            store.objects.delete(id)?;
+            removed += 1;
+        }
+    }
+    let mut corrupt: Vec<String> = bad.iter().map(|i| i.to_string()).collect();
+    corrupt.sort();
+    Ok(VerifyReport {
+        objects: present.len() as u64,
+        bytes: present.iter().map(|(_, n)| n).sum(),
+        corrupt,
+        missing: missing.into_iter().collect(),
+        broken_snapshots: broken,
+        removed,
+    })
+}
