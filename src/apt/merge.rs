@@ -176,7 +176,7 @@ pub fn parse_alt(text: &str) -> Option<Alt> {
     loop {
         let path = match it.next() {
             None => break,
-            Some(p) if p.is_empty() => break,
+            Some("") => break,
             Some(p) => p.to_string(),
         };
         let priority = it.next()?.trim().parse().ok()?;
