@@ -49,10 +49,13 @@ pub enum Error {
 }
 
 fn io_hint(e: &io::Error) -> &'static str {
-    match e.raw_os_error() {
-        Some(libc::EROFS) => " (read-only file system: choose a writable --store or destination)",
-        Some(libc::ENOSPC) => " (disk full: free space or run `envsnap gc --max-size`)",
-        Some(libc::EACCES) | Some(libc::EPERM) => " (permission denied: check ownership, or run as root)",
+    // By kind, not errno: errors wrapped by other crates (tempfile adds the path) keep their kind.
+    match e.kind() {
+        io::ErrorKind::ReadOnlyFilesystem => " (read-only file system: choose a writable --store or destination)",
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+            " (disk full: free space, or run `envsnap gc --max-size`)"
+        }
+        io::ErrorKind::PermissionDenied => " (permission denied: check ownership, or run as root)",
         _ => "",
     }
 }

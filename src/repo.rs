@@ -65,6 +65,17 @@ pub fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
+fn writable(dir: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| Error::Usage(format!("store path {} contains a NUL byte", dir.display())))?;
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+        return Err(Error::io("write to store", dir, std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 impl Store {
     /// Open (creating on first use) the store at `root`.
     pub fn open(root: &Path) -> Result<Store> {
@@ -73,6 +84,8 @@ impl Store {
         }
         std::fs::create_dir_all(root).at("create store directory", root)?;
         let root = root.canonicalize().at("resolve", root)?;
+        // SQLite would only say "unable to open database file": name the real problem.
+        writable(&root)?;
         let objects = LocalObjects::new(root.join(OBJECTS_DIR), root.join("tmp"))?;
         let index = Index::open(&root.join(INDEX_FILE))?;
         Ok(Store {

@@ -184,17 +184,16 @@ pub fn materialize(
 
 fn verify_object(f: &mut File, id: &ObjectId, path: &Path) -> Result<()> {
     let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 256 << 10];
-    loop {
-        match f.read(&mut buf) {
-            Ok(0) => break,
+    crate::store::with_buffer(|buf| loop {
+        match f.read(buf) {
+            Ok(0) => return Ok(()),
             Ok(n) => {
                 h.update(&buf[..n]);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(Error::io("read", path, e)),
         }
-    }
+    })?;
     if h.finalize().as_bytes() != &id.hash {
         return Err(Error::Corrupt {
             id: id.to_string(),

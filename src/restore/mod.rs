@@ -137,8 +137,9 @@ impl Plan {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        remove_stale_staging(&parent, &name);
         let staging = tempfile::Builder::new()
-            .prefix(&format!(".{name}.envsnap-"))
+            .prefix(&staging_prefix(&name))
             .tempdir_in(&parent)
             .at("create a staging directory in", &parent)?;
         let base = staging.path().to_path_buf();
@@ -308,7 +309,7 @@ fn replace(staged: &Path, dest: &Path) -> Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let trash = tempfile::Builder::new()
-        .prefix(&format!(".{name}.envsnap-old-"))
+        .prefix(&format!("{}old-", staging_prefix(&name)))
         .tempdir_in(parent)
         .at("create a directory in", parent)?
         .keep();
@@ -321,6 +322,33 @@ fn replace(staged: &Path, dest: &Path) -> Result<()> {
         return Err(Error::io("rename into place", dest, e));
     }
     remove_tree(&trash).at("remove the replaced tree", &trash)
+}
+
+/// Staging and trash directories are named `.<dest name>.envsnap-<pid>-…`, so a later restore
+/// can tell the leftovers of a killed one (its process is gone) from a restore still running.
+fn staging_prefix(name: &str) -> String {
+    format!(".{name}.envsnap-{}-", std::process::id())
+}
+
+/// Remove what restores of the same destination left when they were killed midway.
+fn remove_stale_staging(parent: &Path, name: &str) {
+    let prefix = format!(".{name}.envsnap-");
+    let Ok(rd) = fs::read_dir(parent) else { return };
+    for e in rd.flatten() {
+        let file_name = e.file_name();
+        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only checks whether the process exists.
+        let alive =
+            unsafe { libc::kill(pid, 0) } == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !alive {
+            let _ = remove_tree(&e.path());
+        }
+    }
 }
 
 /// `rm -rf` that also copes with read-only directories (restored trees may have them).

@@ -23,6 +23,15 @@ pub struct LocalObjects {
 /// A look at a file's whole content while it is in memory anyway (see `save::ContentScanner`).
 pub type ScanFn<'a> = &'a dyn Fn(&[u8]) -> Option<String>;
 
+/// Run `f` with this thread's reusable I/O buffer. Allocating (and zeroing) a fresh buffer per
+/// file costs more than copying a typical 6 KB file.
+pub fn with_buffer<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; CHUNK]);
+    }
+    BUF.with(|b| f(&mut b.borrow_mut()))
+}
+
 /// The result of ingesting one file.
 pub struct Ingested {
     pub id: ObjectId,
@@ -87,19 +96,21 @@ impl LocalObjects {
         // Large file: copy into a temporary object while hashing; keep it only if new.
         let mut tmp = self.temp_file()?;
         let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0u8; CHUNK];
-        let mut size = 0u64;
-        loop {
-            let n = match file.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::io("read", src, e)),
-            };
-            hasher.update(&buf[..n]);
-            tmp.write_all(&buf[..n]).at("write", tmp.path())?;
-            size += n as u64;
-        }
+        let size = with_buffer(|buf| -> Result<u64> {
+            let mut size = 0u64;
+            loop {
+                let n = match file.read(buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(Error::io("read", src, e)),
+                };
+                hasher.update(&buf[..n]);
+                tmp.write_all(&buf[..n]).at("write", tmp.path())?;
+                size += n as u64;
+            }
+            Ok(size)
+        })?;
         let id = ObjectId::new(hasher.finalize(), exec);
         let new = if self.exists(&id) {
             false
@@ -145,19 +156,21 @@ impl LocalObjects {
         let src = self.path(id);
         let mut f = self.open(id)?;
         let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0u8; 256 << 10];
-        let mut n_total = 0u64;
-        loop {
-            let n = match f.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::io("read", &src, e)),
-            };
-            hasher.update(&buf[..n]);
-            dest.write_all(&buf[..n]).at("write", dest_path)?;
-            n_total += n as u64;
-        }
+        let n_total = with_buffer(|buf| -> Result<u64> {
+            let mut n_total = 0u64;
+            loop {
+                let n = match f.read(buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(Error::io("read", &src, e)),
+                };
+                hasher.update(&buf[..n]);
+                dest.write_all(&buf[..n]).at("write", dest_path)?;
+                n_total += n as u64;
+            }
+            Ok(n_total)
+        })?;
         if hasher.finalize().as_bytes() != &id.hash {
             return Err(Error::Corrupt {
                 id: id.to_string(),

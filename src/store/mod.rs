@@ -7,7 +7,7 @@
 
 mod local;
 
-pub use local::{Ingested, LocalObjects, ScanFn, OBJECTS_DIR};
+pub use local::{with_buffer, Ingested, LocalObjects, ScanFn, OBJECTS_DIR};
 
 use crate::error::{Error, Result};
 use std::fmt;

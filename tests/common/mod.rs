@@ -1,0 +1,108 @@
+//! Shared helpers for the integration tests: run the real binary, describe a tree exactly.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_envsnap"))
+}
+
+/// `envsnap --store STORE ARGS…` with a clean environment for GitHub outputs.
+pub fn envsnap(store: &Path, args: &[&str]) -> Output {
+    envsnap_env(store, args, &[])
+}
+
+pub fn envsnap_env(store: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(bin());
+    c.arg("--store")
+        .arg(store)
+        .args(args)
+        .env_remove("GITHUB_OUTPUT")
+        .env_remove("ENVSNAP_STORE");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run envsnap")
+}
+
+pub fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Assert success and return the parsed `--json` object.
+pub fn ok_json(o: &Output) -> serde_json::Value {
+    assert_eq!(code(o), 0, "envsnap failed: {}", stderr(o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("bad JSON {e}: {}", String::from_utf8_lossy(&o.stdout)))
+}
+
+/// Everything a restore must reproduce about one path.
+#[derive(Debug, PartialEq, Eq, Clone)]
+pub struct Attr {
+    pub kind: &'static str,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_ns: i64,
+    pub content: Option<Vec<u8>>,
+    pub target: Option<PathBuf>,
+    /// Index of the first path sharing this inode (hard links within the tree).
+    pub link_group: Option<String>,
+}
+
+/// Describe a tree. `with_dir_mtimes`: directories' mtimes too.
+pub fn describe(root: &Path) -> BTreeMap<String, Attr> {
+    let mut out = BTreeMap::new();
+    let mut inodes: BTreeMap<(u64, u64), String> = BTreeMap::new();
+    for e in walkdir::WalkDir::new(root).sort_by_file_name() {
+        let e = e.unwrap();
+        let rel = e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        let m = std::fs::symlink_metadata(e.path()).unwrap();
+        let ft = m.file_type();
+        let kind = if ft.is_dir() {
+            "dir"
+        } else if ft.is_symlink() {
+            "symlink"
+        } else {
+            "file"
+        };
+        let link_group = if ft.is_file() && m.nlink() > 1 {
+            Some(inodes.entry((m.dev(), m.ino())).or_insert_with(|| rel.clone()).clone())
+        } else {
+            None
+        };
+        out.insert(
+            rel,
+            Attr {
+                kind,
+                mode: m.mode() & 0o7777,
+                uid: m.uid(),
+                gid: m.gid(),
+                mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+                content: ft.is_file().then(|| std::fs::read(e.path()).unwrap()),
+                target: ft.is_symlink().then(|| std::fs::read_link(e.path()).unwrap()),
+                link_group,
+            },
+        );
+    }
+    out
+}
+
+pub fn set_mtime(p: &Path, secs: i64, nanos: u32) {
+    let t = filetime::FileTime::from_unix_time(secs, nanos);
+    if std::fs::symlink_metadata(p).unwrap().file_type().is_symlink() {
+        filetime::set_symlink_file_times(p, t, t).unwrap();
+    } else {
+        filetime::set_file_times(p, t, t).unwrap();
+    }
+}
+
+pub fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
