@@ -358,7 +358,6 @@ fn write_atomic(p: &Path, text: &[u8], mode: u32, uid: u32, gid: u32) -> Result<
         .tempfile_in(dir)
         .at("create temporary file in", dir)?;
     tmp.write_all(text).at("write", p)?;
-    tmp.as_file().sync_all().at("sync", p)?;
     let tp = tmp.path().to_path_buf();
     std::os::unix::fs::chown(&tp, Some(uid), Some(gid)).at("chown", &tp)?;
     std::fs::set_permissions(&tp, std::fs::Permissions::from_mode(mode)).at("chmod", &tp)?;
