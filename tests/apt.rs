@@ -359,3 +359,25 @@ fn save_apt_without_baseline_explains_begin() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("envsnap apt begin"));
 }
+
+#[test]
+fn killed_restore_can_be_rerun() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(tar) = ready() else { return };
+    let store = snapshot_store(&tar);
+    let c = fresh(&tar);
+    let r = c.root.to_str().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_envsnap"))
+        .arg("--store")
+        .arg(store)
+        .args(["restore", r, "--key", KEY])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let _ = child.kill(); // SIGKILL: no cleanup at all
+    let _ = child.wait();
+    // Whatever state it left, dpkg is consistent and a second run completes the restore.
+    assert!(c.sh_ok("dpkg --audit").trim().is_empty());
+    envsnap_ok(store, &["restore", r, "--key", KEY]);
+    assert_installed(&c);
+}

@@ -262,19 +262,27 @@ fn place_payload(store: &Store, manifest: &Manifest, root: &Path, link: LinkMode
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(e.mode)).at("chmod", &p)?;
     }
     let others: Vec<&Entry> = manifest.entries.iter().filter(|e| e.kind != EntryKind::Dir).collect();
-    others.par_iter().try_for_each(|e| -> Result<()> {
-        let p = abs(root, &e.path);
-        // A directory where the snapshot has a file: only replace it when empty.
-        if let Ok(m) = std::fs::symlink_metadata(&p) {
-            if m.is_dir() {
-                std::fs::remove_dir(&p).at("remove directory", &p)?;
+    // Creating thousands of small files is bound by filesystem latency (journal, inode
+    // allocation), not CPU: more threads than cores keep the disk queue full.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(rayon::current_num_threads().max(2) * 4)
+        .build()
+        .map_err(|e| Error::Other(format!("thread pool: {e}")))?;
+    pool.install(|| {
+        others.par_iter().try_for_each(|e| -> Result<()> {
+            let p = abs(root, &e.path);
+            // A directory where the snapshot has a file: only replace it when empty.
+            if let Ok(m) = std::fs::symlink_metadata(&p) {
+                if m.is_dir() {
+                    std::fs::remove_dir(&p).at("remove directory", &p)?;
+                }
             }
-        }
-        match e.kind {
-            EntryKind::File => crate::restore::place_file(store, e, &p, link, true).map(|_| ()),
-            EntryKind::Symlink => place_symlink(e, &p),
-            EntryKind::Dir => Ok(()),
-        }
+            match e.kind {
+                EntryKind::File => crate::restore::place_file(store, e, &p, link, true).map(|_| ()),
+                EntryKind::Symlink => place_symlink(e, &p),
+                EntryKind::Dir => Ok(()),
+            }
+        })
     })
 }
 
@@ -415,10 +423,14 @@ fn merge_one(sc: &SharedChange, root: &Path) -> Result<()> {
 }
 
 fn set_link(p: &Path, target: Option<&str>) -> Result<()> {
-    let _ = std::fs::remove_file(p.with_extension("envsnap-tmp"));
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = p.with_file_name(format!(".envsnap-{name}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
     match target {
         Some(t) => {
-            let tmp = p.with_extension("envsnap-tmp");
             std::os::unix::fs::symlink(t, &tmp).at("create symlink", &tmp)?;
             std::fs::rename(&tmp, p).at("rename into place", p)
         }
