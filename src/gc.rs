@@ -124,7 +124,7 @@ pub fn gc(store: &Store, opts: &GcOptions) -> Result<GcReport> {
     for (id, _) in present.iter().filter(|(id, _)| !live.contains(id)) {
         store.objects.delete(id)?;
     }
-    store.index().prune_statcache(&|o| live.contains(o))?;
+    store.index().prune_statcache()?;
     // With the exclusive lock held no save is running: every temporary file is garbage.
     if let Ok(rd) = std::fs::read_dir(store.objects.tmp_dir()) {
         for e in rd.flatten() {

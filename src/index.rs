@@ -19,7 +19,9 @@ pub const INDEX_FILE: &str = "index.sqlite";
 const MIGRATIONS: &[&str] = &[
     // 1: initial schema.
     "CREATE TABLE snapshots (
-        id INTEGER PRIMARY KEY,
+        -- AUTOINCREMENT: an id is never reused, so a reader holding an old id cannot load
+        -- another snapshot's entries after a re-save or gc.
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
         key TEXT NOT NULL UNIQUE,
         kind TEXT NOT NULL,
         created_ns INTEGER NOT NULL,
@@ -239,7 +241,26 @@ impl Index {
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.err(e))
     }
 
+    /// A snapshot's entries, read in one transaction with a check that the snapshot still
+    /// exists: a key re-saved or a snapshot removed by gc since the lookup is an error, never an
+    /// empty or foreign tree.
     pub fn manifest(&self, snapshot: i64) -> Result<Manifest> {
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+        let exists: Option<String> = tx
+            .query_row("SELECT key FROM snapshots WHERE id = ?1", [snapshot], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))?;
+        if exists.is_none() {
+            return Err(Error::Other(format!(
+                "snapshot {snapshot} was replaced or removed while it was being restored: run the restore again"
+            )));
+        }
+        let m = self.entries(snapshot)?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(m)
+    }
+
+    fn entries(&self, snapshot: i64) -> Result<Manifest> {
         let mut st = self
             .conn
             .prepare(
@@ -434,25 +455,16 @@ impl Index {
         Ok(out)
     }
 
-    /// Drop stat-cache rows that point at objects no longer in the store.
-    pub fn prune_statcache(&self, keep: &dyn Fn(&ObjectId) -> bool) -> Result<()> {
-        let mut st = self
-            .conn
-            .prepare("SELECT DISTINCT object FROM statcache")
-            .map_err(|e| self.err(e))?;
-        let objs: Vec<String> = st
-            .query_map([], |r| r.get(0))
-            .map_err(|e| self.err(e))?
-            .collect::<rusqlite::Result<_>>()
-            .map_err(|e| self.err(e))?;
-        for o in objs {
-            if o.parse::<ObjectId>().map(|id| !keep(&id)).unwrap_or(true) {
-                self.conn
-                    .execute("DELETE FROM statcache WHERE object = ?1", [&o])
-                    .map_err(|e| self.err(e))?;
-            }
-        }
-        Ok(())
+    /// Drop stat-cache rows whose object no snapshot references any more (after gc's sweep
+    /// those objects are gone). One set-based statement: gc of a large store stays fast.
+    pub fn prune_statcache(&self) -> Result<()> {
+        self.conn
+            .execute(
+                "DELETE FROM statcache WHERE object NOT IN (SELECT object FROM entries WHERE object IS NOT NULL)",
+                [],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
     }
 }
 

@@ -120,6 +120,7 @@ pub fn save(store: &Store, req: SaveRequest) -> Result<SaveReport> {
         Err(e) => return Err(Error::io("stat", &root, e)),
     };
     let _lock = store.lock_shared()?;
+    let started_ns = now_ns();
 
     let store_id = std::fs::metadata(store.root()).map(|m| (m.dev(), m.ino())).ok();
     let (mut scanned, skipped) = match &req.selection {
@@ -217,7 +218,14 @@ pub fn save(store: &Store, req: SaveRequest) -> Result<SaveReport> {
         e.size = size;
         e.note = note;
     }
+    // Racy files (git's term): changed within a timestamp tick of this save, a later rewrite
+    // could keep the same size, mtime and ctime. They are not cached, so the next save reads
+    // them again. One second covers filesystems with whole-second timestamps.
+    let racy_after = started_ns - 1_000_000_000;
     for s in &scanned {
+        if s.entry.mtime_ns.max(s.ctime_ns) >= racy_after {
+            continue;
+        }
         if let (EntryKind::File, Some(obj)) = (s.entry.kind, s.entry.object) {
             statrows.push((
                 s.entry.path.clone(),

@@ -13,6 +13,8 @@ pub struct VerifyReport {
     pub bytes: u64,
     pub corrupt: Vec<String>,
     pub missing: Vec<String>,
+    /// Objects that could not be read (I/O errors): reported, never deleted.
+    pub unreadable: Vec<String>,
     /// Keys of snapshots that reference a corrupt or missing object.
     pub broken_snapshots: Vec<String>,
     /// Corrupt objects removed (`--repair`), so the next save of that content stores it anew.
@@ -21,20 +23,31 @@ pub struct VerifyReport {
 
 impl VerifyReport {
     pub fn ok(&self) -> bool {
-        self.corrupt.is_empty() && self.missing.is_empty()
+        self.corrupt.is_empty() && self.missing.is_empty() && self.unreadable.is_empty()
     }
 }
 
 pub fn verify(store: &Store, repair: bool) -> Result<VerifyReport> {
-    let _lock = store.lock_shared()?;
+    // Repair deletes objects: exclusive, so no running save relies on one it found present.
+    let _lock = if repair {
+        store.lock_exclusive()?
+    } else {
+        store.lock_shared()?
+    };
     let present = store.objects.scan()?;
-    let bad: Vec<ObjectId> = present
+    let checked: Vec<(ObjectId, Result<bool>)> = present
         .par_iter()
-        .filter_map(|(id, _)| match store.objects.check(id) {
-            Ok(true) => None,
-            _ => Some(*id),
-        })
+        .map(|(id, _)| (*id, store.objects.check(id)))
         .collect();
+    let mut bad = Vec::new();
+    let mut unreadable = Vec::new();
+    for (id, r) in checked {
+        match r {
+            Ok(true) => {}
+            Ok(false) => bad.push(id),
+            Err(e) => unreadable.push(format!("{id}: {e}")),
+        }
+    }
     let present_ids: HashSet<ObjectId> = present.iter().map(|(id, _)| *id).collect();
     let refs = store.index().object_refs()?;
     let bad_set: HashSet<ObjectId> = bad.iter().copied().collect();
@@ -65,6 +78,7 @@ pub fn verify(store: &Store, repair: bool) -> Result<VerifyReport> {
         bytes: present.iter().map(|(_, n)| n).sum(),
         corrupt,
         missing: missing.into_iter().collect(),
+        unreadable,
         broken_snapshots: broken,
         removed,
     })

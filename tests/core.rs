@@ -265,6 +265,8 @@ fn unchanged_resave_hashes_nothing_and_dedupes_across_keys() {
     let d = tmp();
     let (src, store) = (d.path().join("src"), d.path().join("store"));
     build_tree(&src);
+    // Files changed within a second of a save are "racy" and never cached: let them age.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let s = src.to_str().unwrap();
     let first = ok_json(&envsnap(&store, &["--json", "save", "dir", s, "--key", "a"]));
     assert!(first["new_objects"].as_u64().unwrap() > 0);
@@ -273,10 +275,12 @@ fn unchanged_resave_hashes_nothing_and_dedupes_across_keys() {
     assert_eq!(again["new_bytes"], 0);
     // A touched file is re-hashed but adds no object (same content); a changed one adds one.
     set_mtime(&src.join("pkg/module.py"), 1_700_000_000, 0);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let touched = ok_json(&envsnap(&store, &["--json", "save", "dir", s, "--key", "c"]));
     assert_eq!(touched["hashed_files"], 1);
     assert_eq!(touched["new_objects"], 0);
     fs::write(src.join("pkg/new.txt"), b"new content").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let changed = ok_json(&envsnap(&store, &["--json", "save", "dir", s, "--key", "c"]));
     assert_eq!(
         (changed["hashed_files"].as_u64(), changed["new_objects"].as_u64()),
@@ -389,6 +393,14 @@ fn a_flipped_byte_is_caught_by_verify_and_by_restore() {
         &["--json", "save", "dir", src.to_str().unwrap(), "--key", "k"],
     ));
     let obj = flip_a_byte(&store);
+    let gh = d.path().join("gh");
+    let o = envsnap_env(
+        &store,
+        &["restore", d.path().join("o").to_str().unwrap(), "--key", "k"],
+        &[("GITHUB_OUTPUT", gh.to_str().unwrap())],
+    );
+    assert_eq!(code(&o), 2);
+    assert!(fs::read_to_string(&gh).unwrap().contains("cache-hit=false"));
     let o = envsnap(&store, &["--json", "verify"]);
     assert_eq!(code(&o), 2);
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -949,4 +961,53 @@ fn large_files_stream_through_the_store_and_the_store_inside_the_tree_is_skipped
     ));
     assert_eq!(fs::read(out.join("big.bin")).unwrap(), big);
     assert!(!out.join(".envsnap").exists());
+}
+
+#[test]
+fn force_restore_over_a_tree_holding_the_store_keeps_the_store() {
+    let d = tmp();
+    let proj = d.path().join("proj");
+    fs::create_dir_all(&proj).unwrap();
+    fs::write(proj.join("f"), b"x").unwrap();
+    let store = proj.join(".envsnap");
+    ok_json(&envsnap(
+        &store,
+        &["--json", "save", "dir", proj.to_str().unwrap(), "--key", "k"],
+    ));
+    let o = envsnap(&store, &["restore", proj.to_str().unwrap(), "--key", "k", "--force"]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("the store"), "{}", stderr(&o));
+    assert_eq!(code(&envsnap(&store, &["verify"])), 0, "the store is intact");
+    assert!(proj.join("f").exists());
+}
+
+#[test]
+fn hardlink_restore_refuses_a_symlink_planted_in_the_store() {
+    let d = tmp();
+    let (src, store) = (d.path().join("src"), d.path().join("store"));
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"payload!").unwrap();
+    ok_json(&envsnap(
+        &store,
+        &["--json", "save", "dir", src.to_str().unwrap(), "--key", "k"],
+    ));
+    let victim = d.path().join("victim");
+    fs::write(&victim, b"victim!!").unwrap(); // same size as the object
+    let obj = walkdir::WalkDir::new(store.join("objects-v1"))
+        .into_iter()
+        .map(|e| e.unwrap())
+        .find(|e| e.file_type().is_file())
+        .unwrap();
+    fs::remove_file(obj.path()).unwrap();
+    symlink(&victim, obj.path()).unwrap();
+    for mode in ["hardlink", "copy"] {
+        let out = d.path().join(format!("out-{mode}"));
+        let o = envsnap(
+            &store,
+            &["restore", out.to_str().unwrap(), "--key", "k", "--link", mode],
+        );
+        assert_eq!(code(&o), 2, "{mode}: {}", stderr(&o));
+        assert!(!out.exists());
+    }
+    assert_eq!(fs::read(&victim).unwrap(), b"victim!!");
 }

@@ -1,8 +1,9 @@
 //! dpkg's deb822-style state files: parse into stanzas that keep their exact text, look up
 //! fields, list installed packages, and map files to their owning packages (`dpkg -S`).
 //!
-//! Note: the keys branch (`src/key/system.rs::installed_packages`) had not landed when this was
-//! written, so the status parser used by `apt` lives here.
+//! `key::system::installed_packages` (for `{apt-base}`) counts only fully `installed` stanzas and
+//! drops the stanza text; apt needs both the exact text (to merge `status`) and every package
+//! whose files are on disk (unpacked, half-configured… still own files), hence this parser.
 
 use crate::error::{Error, IoContext, Result};
 use serde::{Deserialize, Serialize};

@@ -89,18 +89,24 @@ pub fn install(store: &Store, req: &InstallRequest) -> Result<InstallReport> {
     // For a fallback the baseline is taken before restoring it, so the saved snapshot holds the
     // fallback's files plus what apt-get adds: a complete snapshot for the exact key.
     let mut began = false;
+    // Held from lookup to the end of the restore, so gc cannot remove the snapshot meanwhile.
+    let lock = store.lock_shared()?;
     if let Some((row, hit)) = store.lookup(&req.key, &req.fallbacks)? {
         if matches!(hit, Hit::Fallback) {
             super::begin(store, &root)?;
             began = true;
         }
         match super::restore(store, &row, Some(&root), &RestoreOptions::default(), false) {
-            Ok(r) if matches!(hit, Hit::Exact) => return done(InstallOutcome::Restored { restore: r }),
+            Ok(r) if matches!(hit, Hit::Exact) => {
+                store.mark_restored(row.id)?;
+                return done(InstallOutcome::Restored { restore: r });
+            }
             Ok(r) => fallback = Some((row.key.clone(), r)),
             Err(Error::Miss(m)) => miss_reason = m,
             Err(e) => return Err(e),
         }
     }
+    drop(lock);
     if !began {
         super::begin(store, &root)?;
     }

@@ -2,6 +2,7 @@
 
 mod apt;
 mod inspect;
+mod key;
 mod maint;
 mod output;
 mod restore;
@@ -50,6 +51,8 @@ enum Command {
     Gc(maint::GcArgs),
     /// Re-hash every object; report corrupt or missing ones and the snapshots they break
     Verify(maint::VerifyArgs),
+    /// Print the cache key a template renders to, e.g. 'venv-{os}-{python}-{hash:requirements*.txt}'
+    Key(key::KeyArgs),
     /// apt snapshots: `apt begin` before installing, `apt install` for the conditional install
     Apt(apt::AptArgs),
 }
@@ -105,6 +108,7 @@ pub fn main() -> ExitCode {
         Command::Show(a) => inspect::show(&ctx, a),
         Command::Gc(a) => maint::gc(&ctx, a),
         Command::Verify(a) => maint::verify(&ctx, a),
+        Command::Key(a) => key::run(&ctx, a),
         Command::Apt(a) => apt::run(&ctx, a),
     };
     match result {

@@ -14,10 +14,10 @@ use std::time::Instant;
 pub struct RestoreArgs {
     /// Where to restore [default: the path the snapshot was saved from]
     path: Option<PathBuf>,
-    /// Cache key to restore
+    /// Cache key (or key template, see `envsnap key`) to restore
     #[arg(long)]
     key: String,
-    /// Key prefixes tried in order when the key has no snapshot; the newest match wins
+    /// Key prefixes (or templates) tried in order when the key has no snapshot; the newest match wins
     #[arg(long = "fallback", value_name = "PREFIX")]
     fallbacks: Vec<String>,
     /// How restored files share storage with the store: auto (reflink, else copy), reflink,
@@ -36,10 +36,12 @@ fn parse_link(s: &str) -> std::result::Result<LinkMode, String> {
     s.parse().map_err(|e: envsnap::Error| e.to_string())
 }
 
-pub fn run(ctx: &Ctx, a: RestoreArgs) -> Result<Outcome> {
+pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
     let start = Instant::now();
-    envsnap::key::validate(&a.key)?;
+    (a.key, a.fallbacks) = super::key::keys_for(ctx, &a.key, &a.fallbacks, None, None)?;
     let store = ctx.open_store()?;
+    // Held from lookup to commit, so gc cannot remove the snapshot or its objects in between.
+    let _lock = store.lock_shared()?;
     let Some((snap, hit)) = store.lookup(&a.key, &a.fallbacks)? else {
         return miss(ctx, &a);
     };
@@ -57,11 +59,20 @@ pub fn run(ctx: &Ctx, a: RestoreArgs) -> Result<Outcome> {
         dest.display()
     ));
     // Adapters restore their own kinds; everything else is a plain tree.
-    match snap.kind.as_str() {
-        "apt" => restore_apt(ctx, &store, &a, snap, hit, &opts),
-        _ => restore_dir(ctx, &store, &a, snap, hit, &dest, &opts, start),
+    let result = match snap.kind.as_str() {
+        "apt" => restore_apt(ctx, &store, &a, snap.clone(), hit, &opts),
+        _ => restore_dir(ctx, &store, &a, snap.clone(), hit, &dest, &opts, start),
+    };
+    // $GITHUB_OUTPUT says "hit" only once the tree is in place; a failed or refused restore
+    // (an adapter's miss, an error) reports a miss so the job reinstalls.
+    match &result {
+        Ok(Outcome::Done) => hit_outputs(hit, &snap)?,
+        _ => github_output(&MISS_OUTPUTS)?,
     }
+    result
 }
+
+const MISS_OUTPUTS: [(&str, &str); 3] = [("cache-hit", "false"), ("matched-key", ""), ("hit", "miss")];
 
 fn miss(ctx: &Ctx, a: &RestoreArgs) -> Result<Outcome> {
     let tried = if a.fallbacks.is_empty() {
@@ -71,7 +82,7 @@ fn miss(ctx: &Ctx, a: &RestoreArgs) -> Result<Outcome> {
     };
     ctx.ui
         .info(format!("miss: no snapshot for key {}{tried}; nothing restored", a.key));
-    github_output(&[("cache-hit", "false"), ("matched-key", ""), ("hit", "miss")])?;
+    github_output(&MISS_OUTPUTS)?;
     ctx.ui.emit_json(&json!({
         "hit": "miss", "key": a.key, "matched_key": null, "files": 0, "bytes": 0, "seconds": 0.0, "link": null,
     }));
@@ -105,7 +116,6 @@ fn restore_dir(
         "path": plan.dest, "files": plan.files, "dirs": plan.dirs, "symlinks": plan.symlinks,
         "bytes": plan.bytes, "dry_run": a.dry_run, "replaces": plan.replaces,
     });
-    hit_outputs(hit, &snap)?;
     if a.dry_run {
         ctx.ui.info(format!(
             "dry run: would restore {} ({} hit) to {}: {} files, {} dirs, {} symlinks, {}, link {}{}",
@@ -160,17 +170,10 @@ fn restore_apt(
     hit: Hit,
     opts: &RestoreOptions,
 ) -> Result<Outcome> {
-    let r = match envsnap::apt::restore(store, &snap, a.path.as_deref(), opts, a.dry_run) {
-        Err(e) if e.is_miss() => {
-            github_output(&[("cache-hit", "false"), ("matched-key", ""), ("hit", "miss")])?;
-            return Err(e);
-        }
-        r => r?,
-    };
+    let r = envsnap::apt::restore(store, &snap, a.path.as_deref(), opts, a.dry_run)?;
     if !a.dry_run {
         store.mark_restored(snap.id)?;
     }
-    hit_outputs(hit, &snap)?;
     super::apt::print_restore(ctx, &snap.key, &r);
     let mut out = serde_json::to_value(&r).unwrap_or_default();
     out["hit"] = json!(hit.as_str());

@@ -19,7 +19,7 @@ enum SaveWhat {
     Dir {
         /// The directory to snapshot
         path: PathBuf,
-        /// Cache key (updatable: saving an existing key points it at the new snapshot)
+        /// Cache key or key template, e.g. 'dir-{os}-{hash:Cargo.lock}' (updatable: saving an existing key points it at the new snapshot)
         #[arg(long)]
         key: String,
     },
@@ -37,7 +37,7 @@ enum SaveWhat {
 pub fn run(ctx: &Ctx, args: SaveArgs) -> Result<Outcome> {
     match args.what {
         SaveWhat::Dir { path, key } => {
-            envsnap::key::validate(&key)?;
+            let (key, _) = super::key::keys_for(ctx, &key, &[], None, None)?;
             let store = ctx.open_store()?;
             let bar = ctx.ui.progress();
             let mut req = SaveRequest::tree(key, "dir", path);
@@ -47,7 +47,7 @@ pub fn run(ctx: &Ctx, args: SaveArgs) -> Result<Outcome> {
             Ok(Outcome::Done)
         }
         SaveWhat::Apt { root, key } => {
-            envsnap::key::validate(&key)?;
+            let (key, _) = super::key::keys_for(ctx, &key, &[], None, Some(&root))?;
             let store = ctx.open_store()?;
             let r = envsnap::apt::save(&store, &root, &key)?;
             ctx.ui.info(format!(

@@ -1,6 +1,14 @@
-//! Cache keys: the rules every key and fallback prefix must satisfy.
+//! Cache keys: the rules every key and fallback prefix must satisfy, and the
+//! templates (`{os}`, `{hash:GLOBS}`, …) that compute keys from the environment.
+//! Token sources live in `hash` (file globs) and `system` (os, python, dpkg).
 
 use crate::error::{Error, Result};
+
+pub mod hash;
+pub mod system;
+pub mod template;
+
+pub use template::{is_template, render, resolve, ExplainInput, ExplainItem, KeyContext, Rendered};
 
 /// Longest key accepted, in characters (GitHub's actions/cache limit).
 pub const MAX_KEY_LEN: usize = 512;

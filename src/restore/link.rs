@@ -123,6 +123,18 @@ pub fn materialize(
     let id = entry.object.expect("file entries carry an object");
     if mode == LinkMode::Hardlink && !stats.no_hardlink.load(Ordering::Relaxed) {
         let src = objects.path(&id);
+        // Only ever link a regular file: never a symlink planted in the store (a tampered cache).
+        match std::fs::symlink_metadata(&src) {
+            Ok(m) if m.file_type().is_file() => {}
+            Ok(_) => {
+                return Err(Error::Corrupt {
+                    id: id.to_string(),
+                    path: src,
+                })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::MissingObject { id: id.to_string() }),
+            Err(e) => return Err(Error::io("stat", &src, e)),
+        }
         match std::fs::hard_link(&src, dest) {
             Ok(()) => {
                 // The inode is the store's: check its size at least, the content is verify's job.
@@ -203,13 +215,14 @@ fn verify_object(f: &mut File, id: &ObjectId, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Owner (when asked), mode (after chown, which clears setuid bits), xattrs, then mtime.
+/// Owner (when asked), then xattrs (chown clears `security.capability`; a read-only mode would
+/// forbid `user.*` attributes), then mode (after chown, which clears setuid bits), then mtime.
 pub fn set_file_attrs(f: &File, path: &Path, e: &Entry, chown: bool) -> Result<()> {
     if chown {
         std::os::unix::fs::fchown(f, Some(e.uid), Some(e.gid)).at("chown", path)?;
     }
-    f.set_permissions(Permissions::from_mode(e.mode)).at("chmod", path)?;
     set_xattrs(path, e)?;
+    f.set_permissions(Permissions::from_mode(e.mode)).at("chmod", path)?;
     filetime::set_file_handle_times(f, None, Some(ns_to_filetime(e.mtime_ns))).at("set mtime of", path)
 }
 

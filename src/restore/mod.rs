@@ -92,6 +92,12 @@ fn dest_state(p: &Path) -> Result<DestState> {
 pub fn plan(snapshot: &SnapshotRow, manifest: Manifest, dest: &Path, opts: &RestoreOptions) -> Result<Plan> {
     manifest.validate_tree(&snapshot.key)?;
     let dest = std::path::absolute(dest).at("resolve", dest)?;
+    if dest.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(Error::Usage(format!(
+            "restore destination {} contains `..`: give a path without it",
+            dest.display()
+        )));
+    }
     if dest.parent().is_none() {
         return Err(Error::Usage(format!("cannot restore a tree onto {}", dest.display())));
     }
@@ -130,6 +136,15 @@ impl Plan {
     /// Materialize the tree in a temporary sibling of the destination.
     pub fn apply(self, store: &Store, progress: Option<&dyn Progress>) -> Result<Staged> {
         let _lock = store.lock_shared()?;
+        // `save dir . --store .envsnap` skips the store; replacing `.` must not delete it.
+        let canon_dest = self.dest.canonicalize().unwrap_or_else(|_| self.dest.clone());
+        if store.root().starts_with(&canon_dest) || canon_dest.starts_with(store.root()) {
+            return Err(Error::Usage(format!(
+                "cannot restore to {}: the store {} is there; restore elsewhere or move the store",
+                self.dest.display(),
+                store.root().display()
+            )));
+        }
         let parent = self.dest.parent().expect("checked in plan").to_path_buf();
         fs::create_dir_all(&parent).at("create directory", &parent)?;
         let name = self
@@ -296,18 +311,47 @@ fn set_dir_attrs(p: &Path, uid: u32, gid: u32, mode: u32, mtime_ns: i64, chown: 
     if chown {
         std::os::unix::fs::chown(p, Some(uid), Some(gid)).at("chown", p)?;
     }
-    fs::set_permissions(p, Permissions::from_mode(mode)).at("chmod", p)?;
     set_xattrs(p, e)?;
+    fs::set_permissions(p, Permissions::from_mode(mode)).at("chmod", p)?;
     filetime::set_file_mtime(p, ns_to_filetime(mtime_ns)).at("set mtime of", p)
 }
 
-/// Move the old tree aside, the new one in, then delete the old one.
+/// Swap the new tree and the old one atomically (`renameat2(RENAME_EXCHANGE)`), then delete the
+/// old one, which now sits at the staging path. A kill at any point leaves either the old tree or
+/// the new one at the destination; a leftover staging directory is removed by the next restore.
+/// Where the exchange is unsupported, the old tree is moved aside first and only then deleted.
 fn replace(staged: &Path, dest: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| Error::Usage("NUL in path".into()));
+    let (a, b) = (c(staged)?, c(dest)?);
+    // SAFETY: both are valid NUL-terminated paths; AT_FDCWD with absolute paths.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        // The new tree is in place; deleting the old one is best effort.
+        let _ = remove_tree(staged);
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if !matches!(
+        err.raw_os_error(),
+        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP)
+    ) {
+        return Err(Error::io("swap into place", dest, err));
+    }
     let parent = dest.parent().expect("absolute destination has a parent");
     let name = dest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // Named `…-old-…`: stale-staging cleanup never deletes these, they may hold the only copy.
     let trash = tempfile::Builder::new()
         .prefix(&format!("{}old-", staging_prefix(&name)))
         .tempdir_in(parent)
@@ -321,7 +365,8 @@ fn replace(staged: &Path, dest: &Path) -> Result<()> {
         let _ = fs::remove_dir(&trash);
         return Err(Error::io("rename into place", dest, e));
     }
-    remove_tree(&trash).at("remove the replaced tree", &trash)
+    let _ = remove_tree(&trash);
+    Ok(())
 }
 
 /// Staging and trash directories are named `.<dest name>.envsnap-<pid>-…`, so a later restore

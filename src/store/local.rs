@@ -14,6 +14,7 @@ pub const OBJECTS_DIR: &str = "objects-v1";
 /// streamed to a temporary object while being hashed, so each file is still read once.
 const WHOLE_FILE_LIMIT: u64 = 8 << 20;
 const CHUNK: usize = 1 << 20;
+const SCAN_LIMIT: u64 = 512 << 20;
 
 pub struct LocalObjects {
     root: PathBuf,
@@ -70,10 +71,13 @@ impl LocalObjects {
 
     /// Hash `src` and add it to the store unless an object with that content and exec bit is
     /// already there. `mtime` becomes the new object's mtime (hardlinked restores show it).
-    /// `scan` sees the whole content of small files (and of large ones when `scan_large`).
+    /// `scan` sees the whole content of every file up to 512 MiB.
     pub fn ingest(&self, src: &Path, exec: bool, mtime: filetime::FileTime, scan: Option<ScanFn>) -> Result<Ingested> {
         let mut file = File::open(src).at("read", src)?;
         let len = file.metadata().at("stat", src)?.len();
+        // A scanner needs the whole content at once; beyond SCAN_LIMIT the file is streamed and
+        // not scanned (adapters look for paths in scripts and libraries, not in huge blobs).
+        let scan = scan.filter(|_| len <= SCAN_LIMIT);
         if len <= WHOLE_FILE_LIMIT || scan.is_some() {
             let mut buf = Vec::with_capacity(len as usize);
             file.read_to_end(&mut buf).at("read", src)?;
@@ -190,15 +194,22 @@ impl LocalObjects {
         Ok(hasher.finalize().as_bytes() == &id.hash)
     }
 
+    /// Open an object for reading. `O_NOFOLLOW`: a symlink planted in the store (a tampered
+    /// cache archive) is an error, never followed.
     pub fn open(&self, id: &ObjectId) -> Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
         let path = self.path(id);
-        File::open(&path).map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                Error::MissingObject { id: id.to_string() }
-            } else {
-                Error::io("open object", &path, e)
-            }
-        })
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| {
+                if e.kind() == io::ErrorKind::NotFound {
+                    Error::MissingObject { id: id.to_string() }
+                } else {
+                    Error::io("open object", &path, e)
+                }
+            })
     }
 
     /// Every object file present, with its size. Stray names (temporary leftovers, foreign
