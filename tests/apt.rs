@@ -14,6 +14,9 @@ use std::sync::{Mutex, OnceLock};
 
 const PKGS: &[&str] = &["jq", "graphviz", "liblapack3"];
 const KEY: &str = "apt-jq-graphviz-lapack";
+const CAP_FILE: &str = "usr/local/bin/envsnap-captest";
+/// vfs_cap_data revision 2, effective flag set, permitted = CAP_NET_RAW (13).
+const CAP_NET_RAW_EP: [u8; 20] = [1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -217,6 +220,11 @@ fn snapshot_store(tar: &Path) -> &'static Path {
         let r = c.root.to_str().unwrap();
         envsnap_ok(&store, &["apt", "begin", r]);
         c.apt_install(PKGS);
+        // What some maintainer scripts do (setcap, setuid helpers): must survive the round trip.
+        let cap = c.root.join(CAP_FILE);
+        std::fs::copy(c.root.join("usr/bin/jq"), &cap).unwrap();
+        std::fs::set_permissions(&cap, std::os::unix::fs::PermissionsExt::from_mode(0o4755)).unwrap();
+        xattr::set(&cap, "security.capability", &CAP_NET_RAW_EP).unwrap();
         envsnap_ok(&store, &["save", "apt", r, "--key", KEY]);
         store
     })
@@ -243,6 +251,16 @@ fn assert_installed(c: &Chroot) {
     assert!(
         blas.contains("/blas/libblas.so.3") && blas.contains("ok"),
         "libblas.so.3 alternative: {blas}"
+    );
+    let cap = c.root.join(CAP_FILE);
+    assert_eq!(
+        std::fs::metadata(&cap).unwrap().mode() & 0o7777,
+        0o4755,
+        "setuid bit lost"
+    );
+    assert_eq!(
+        xattr::get(&cap, "security.capability").unwrap().as_deref(),
+        Some(&CAP_NET_RAW_EP[..])
     );
 }
 
