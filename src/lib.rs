@@ -10,7 +10,8 @@
 //! - [`repo`]: [`Store`], one store directory (objects + index + lock) and snapshot lookup;
 //! - [`save`]: walk, hash and ingest a tree (or a list of paths) as one snapshot;
 //! - [`restore`]: plan-then-apply restore engine with reflink/hardlink/copy link modes;
-//! - [`gc`] and [`verify`]: store maintenance.
+//! - [`gc`] and [`verify`]: store maintenance;
+//! - [`venv`]: virtualenv snapshots (save with per-file path notes, restore with fixups).
 
 pub mod apt;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod restore;
 pub mod save;
 pub mod snapshot;
 pub mod store;
+pub mod venv;
 pub mod verify;
 
 pub use error::{Error, Result};

@@ -72,7 +72,7 @@ pub fn run(ctx: &Ctx, a: AptArgs) -> Result<Outcome> {
             update,
             packages,
         } => {
-            let (key, fallbacks) = super::key::keys_for(ctx, &key, &fallbacks, None, Some(&root))?;
+            let (key, fallbacks) = super::key::keys_for(ctx, &key, &fallbacks, None, None, Some(&root))?;
             let req = InstallRequest {
                 key,
                 fallbacks,

@@ -90,17 +90,18 @@ pub fn run(ctx: &Ctx, args: KeyArgs) -> Result<Outcome> {
 }
 
 /// The key (and fallbacks) `save` / `restore` use: templates rendered relative
-/// to the current directory, plain keys validated. `venv` is the command's
-/// venv (for `{python}`), `dpkg_root` the apt root (for `{apt-base}`).
+/// to the current directory, plain keys validated. `python` is `--python`, `venv` the
+/// command's venv (both for `{python}`), `dpkg_root` the apt root (for `{apt-base}`).
 /// With `-v` each rendered template is explained on stderr.
 pub fn keys_for(
     ctx: &Ctx,
     key_tpl: &str,
     fallbacks: &[String],
+    python: Option<&Path>,
     venv: Option<&Path>,
     dpkg_root: Option<&Path>,
 ) -> Result<(String, Vec<String>)> {
-    let kctx = context(None, None, venv, dpkg_root);
+    let kctx = context(None, python, venv, dpkg_root);
     let (k, f) = resolve_keys(key_tpl, fallbacks, &kctx)?;
     if key::is_template(key_tpl) {
         ctx.ui.detail(format!("key {key_tpl} -> {k}"));

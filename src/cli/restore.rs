@@ -30,6 +30,10 @@ pub struct RestoreArgs {
     /// Print the plan and change nothing
     #[arg(long)]
     dry_run: bool,
+    /// venv snapshots: the interpreter to run on (same implementation and minor version as
+    /// the one saved) when the original is gone [default: search PATH]
+    #[arg(long, value_name = "PY")]
+    python: Option<PathBuf>,
 }
 
 fn parse_link(s: &str) -> std::result::Result<LinkMode, String> {
@@ -38,7 +42,7 @@ fn parse_link(s: &str) -> std::result::Result<LinkMode, String> {
 
 pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
     let start = Instant::now();
-    (a.key, a.fallbacks) = super::key::keys_for(ctx, &a.key, &a.fallbacks, None, None)?;
+    (a.key, a.fallbacks) = super::key::keys_for(ctx, &a.key, &a.fallbacks, a.python.as_deref(), None, None)?;
     let store = ctx.open_store()?;
     // Held from lookup to commit, so gc cannot remove the snapshot or its objects in between.
     let _lock = store.lock_shared()?;
@@ -61,6 +65,7 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
     // Adapters restore their own kinds; everything else is a plain tree.
     let result = match snap.kind.as_str() {
         "apt" => restore_apt(ctx, &store, &a, snap.clone(), hit, &opts),
+        envsnap::venv::KIND => restore_venv(ctx, &store, &a, snap.clone(), hit, &dest, &opts, start),
         _ => restore_dir(ctx, &store, &a, snap.clone(), hit, &dest, &opts, start),
     };
     // $GITHUB_OUTPUT says "hit" only once the tree is in place; a failed or refused restore
@@ -158,6 +163,97 @@ fn restore_dir(
     out["link"] = json!(link);
     out["seconds"] = json!(secs);
     ctx.ui.emit_json(&out);
+    Ok(Outcome::Done)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn restore_venv(
+    ctx: &Ctx,
+    store: &Store,
+    a: &RestoreArgs,
+    snap: SnapshotRow,
+    hit: Hit,
+    dest: &std::path::Path,
+    opts: &RestoreOptions,
+    start: Instant,
+) -> Result<Outcome> {
+    let bar = ctx.ui.progress();
+    let r = envsnap::venv::restore(
+        store,
+        &snap,
+        dest,
+        opts,
+        a.python.as_deref(),
+        a.dry_run,
+        bar.as_ref().map(|b| b as _),
+    )?;
+    let secs = start.elapsed().as_secs_f64();
+    let i = &r.interpreter;
+    let interp = format!(
+        "{} {} at {} ({})",
+        envsnap::venv::inspect::pretty_impl(&i.implementation),
+        i.version,
+        i.path.display(),
+        serde_json::to_value(i.reason)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default()
+    );
+    let dest = std::path::absolute(dest).unwrap_or_else(|_| dest.to_path_buf());
+    if a.dry_run {
+        ctx.ui.info(format!(
+            "dry run: would restore venv {} ({} hit) to {}: {} files, {}, {} rewritten copies, interpreter {interp}",
+            snap.key,
+            hit.as_str(),
+            dest.display(),
+            r.files,
+            bytes(r.bytes),
+            r.private_copies
+        ));
+    } else {
+        store.mark_restored(snap.id)?;
+        if let Some(f) = &r.fixups {
+            for w in &f.warnings {
+                ctx.ui.warn(w);
+            }
+            for rw in &f.rewritten {
+                ctx.ui
+                    .detail(format!("  rewrote {} ({:?}, {})", rw.path, rw.action, rw.replacements));
+            }
+            let mut by_action: std::collections::BTreeMap<String, usize> = Default::default();
+            for rw in &f.rewritten {
+                let k = serde_json::to_value(&rw.action)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default();
+                *by_action.entry(k).or_default() += 1;
+            }
+            let detail: Vec<String> = by_action.iter().map(|(k, n)| format!("{n} {k}")).collect();
+            ctx.ui.info(format!(
+                "restored venv {} ({} hit) to {}: {} files, {} in {:.2}s (link: {}); {} files rewritten ({}), interpreter {interp}",
+                snap.key,
+                hit.as_str(),
+                dest.display(),
+                r.files,
+                bytes(r.bytes),
+                secs,
+                r.link,
+                f.rewritten.len(),
+                if detail.is_empty() { "none".to_string() } else { detail.join(", ") }
+            ));
+        }
+    }
+    let fix = r.fixups.as_ref();
+    ctx.ui.emit_json(&json!({
+        "hit": hit.as_str(), "key": a.key, "matched_key": snap.key, "kind": snap.kind,
+        "path": dest, "files": r.files, "dirs": r.dirs, "symlinks": r.symlinks, "bytes": r.bytes,
+        "dry_run": a.dry_run, "replaces": r.replaces, "link": r.link, "seconds": secs,
+        "interpreter": r.interpreter,
+        "rewritten": fix.map(|f| json!(f.rewritten)).unwrap_or(json!([])),
+        "warnings": fix.map(|f| json!(f.warnings)).unwrap_or(json!([])),
+        "fixup_seconds": fix.map(|f| f.fixup_seconds),
+        "smoke_seconds": fix.map(|f| f.smoke_seconds),
+    }));
     Ok(Outcome::Done)
 }
 

@@ -23,12 +23,22 @@ enum SaveWhat {
         #[arg(long)]
         key: String,
     },
+    /// A Python virtualenv (venv, virtualenv, uv, poetry's .venv): restorable to any path and
+    /// onto any same-minor interpreter
+    Venv {
+        /// The venv directory (must hold pyvenv.cfg)
+        #[arg(default_value = ".venv")]
+        path: PathBuf,
+        /// Cache key (updatable: saving an existing key points it at the new snapshot)
+        #[arg(long)]
+        key: String,
+    },
     /// What apt-get installed since `envsnap apt begin ROOT`
     Apt {
         /// The system root given to `apt begin`
         #[arg(default_value = "/")]
         root: PathBuf,
-        /// Cache key
+        /// Cache key or key template (render `{apt-base}` before installing, see docs/apt.md)
         #[arg(long)]
         key: String,
     },
@@ -37,7 +47,7 @@ enum SaveWhat {
 pub fn run(ctx: &Ctx, args: SaveArgs) -> Result<Outcome> {
     match args.what {
         SaveWhat::Dir { path, key } => {
-            let (key, _) = super::key::keys_for(ctx, &key, &[], None, None)?;
+            let (key, _) = super::key::keys_for(ctx, &key, &[], None, None, None)?;
             let store = ctx.open_store()?;
             let bar = ctx.ui.progress();
             let mut req = SaveRequest::tree(key, "dir", path);
@@ -46,8 +56,33 @@ pub fn run(ctx: &Ctx, args: SaveArgs) -> Result<Outcome> {
             print_report(ctx, &report, serde_json::json!({}));
             Ok(Outcome::Done)
         }
+        SaveWhat::Venv { path, key } => {
+            // `{python}` is the venv's own interpreter.
+            let (key, _) = super::key::keys_for(ctx, &key, &[], None, Some(&path), None)?;
+            let store = ctx.open_store()?;
+            let bar = ctx.ui.progress();
+            let r = envsnap::venv::save_venv(&store, &path, &key, bar.as_ref().map(|b| b as _))?;
+            let i = &r.venv.interpreter;
+            if let Some(e) = &r.venv.probe_error {
+                ctx.ui.warn(format!(
+                    "the venv's python could not run ({e}); interpreter taken from pyvenv.cfg"
+                ));
+            }
+            ctx.ui.info(format!(
+                "venv {} ({}): {} {} from {}; {} files hold its paths",
+                r.venv.root.display(),
+                r.venv.flavour,
+                envsnap::venv::inspect::pretty_impl(&i.implementation),
+                i.version,
+                i.home.display(),
+                r.files_with_paths
+            ));
+            let extra = serde_json::json!({ "venv": r.venv, "files_with_paths": r.files_with_paths });
+            print_report(ctx, &r.save, extra);
+            Ok(Outcome::Done)
+        }
         SaveWhat::Apt { root, key } => {
-            let (key, _) = super::key::keys_for(ctx, &key, &[], None, Some(&root))?;
+            let (key, _) = super::key::keys_for(ctx, &key, &[], None, None, Some(&root))?;
             let store = ctx.open_store()?;
             let r = envsnap::apt::save(&store, &root, &key)?;
             ctx.ui.info(format!(

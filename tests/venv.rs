@@ -1,0 +1,590 @@
+//! Virtualenv snapshots with real venvs built from PyPI wheels.
+//!
+//! Fixtures (a cp311 wheelhouse and a tools venv with virtualenv + uv) come from
+//! `.ci/test-setup-venv.sh`, cached under `target/fixtures/`, so warm reruns are offline.
+//! Needs pyenv's CPython 3.11.7 and 3.12.1 and Debian's /usr/bin/python3.11: a missing one
+//! fails the test loudly, it never skips.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+const PY311: &str = "/root/.pyenv/versions/3.11.7/bin/python3.11";
+const PY311_HOME: &str = "/root/.pyenv/versions/3.11.7/bin";
+const PY312: &str = "/root/.pyenv/versions/3.12.1/bin/python3.12";
+const DEBIAN_PY311: &str = "/usr/bin/python3.11";
+
+struct Fixtures {
+    wheelhouse: PathBuf,
+    tools: PathBuf,
+    uv_cache: PathBuf,
+}
+
+fn fixtures() -> &'static Fixtures {
+    static FX: OnceLock<Fixtures> = OnceLock::new();
+    FX.get_or_init(|| {
+        for p in [PY311, PY312, DEBIAN_PY311] {
+            assert!(Path::new(p).exists(), "test prerequisite missing: {p}");
+        }
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().to_path_buf();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/test-setup-venv.sh");
+        let out = Command::new(&script)
+            .arg(&target)
+            .output()
+            .expect("run .ci/test-setup-venv.sh");
+        assert!(
+            out.status.success(),
+            "fixture setup failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let fx = target.join("fixtures");
+        Fixtures {
+            wheelhouse: fx.join("wheelhouse"),
+            tools: fx.join("tools/bin"),
+            uv_cache: fx.join("uv-cache"),
+        }
+    })
+}
+
+fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("venv-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap()
+}
+
+fn show(cmd: &Command, out: &Output) -> String {
+    format!(
+        "{:?}\nstatus: {}\nstdout: {}\nstderr: {}",
+        cmd,
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Run, assert success, return stdout.
+fn ok(mut cmd: Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "command failed: {}", show(&cmd, &out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn cmd(prog: impl AsRef<std::ffi::OsStr>, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Command {
+    let mut c = Command::new(prog);
+    for a in args {
+        c.arg(a);
+    }
+    c.env_remove("VIRTUAL_ENV")
+        .env_remove("PYTHONPATH")
+        .env_remove("PYTHONHOME");
+    c
+}
+
+fn envsnap(store: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_envsnap"));
+    c.arg("--store")
+        .arg(store)
+        .env_remove("ENVSNAP_STORE")
+        .env_remove("GITHUB_OUTPUT");
+    c
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("bad JSON ({e}): {s}"))
+}
+
+fn pip_install(venv: &Path, args: &[&str]) {
+    let fx = fixtures();
+    let mut c = cmd(
+        venv.join("bin/pip"),
+        &[&"install", &"-q", &"--disable-pip-version-check", &"--no-index"],
+    );
+    c.arg("--find-links").arg(&fx.wheelhouse).args(args);
+    ok(c);
+}
+
+fn uv_install(venv: &Path, args: &[&str]) {
+    let fx = fixtures();
+    let mut c = cmd(
+        fx.tools.join("uv"),
+        &[&"pip", &"install", &"-q", &"--offline", &"--no-index"],
+    );
+    c.arg("--find-links")
+        .arg(&fx.wheelhouse)
+        .arg("--python")
+        .arg(venv.join("bin/python"))
+        .env("UV_CACHE_DIR", &fx.uv_cache)
+        .args(args);
+    ok(c);
+}
+
+/// A small local package with a console script, installed editable from outside the venv.
+fn write_editable_pkg(dir: &Path) {
+    std::fs::create_dir_all(dir.join("hello_pkg")).unwrap();
+    std::fs::write(
+        dir.join("pyproject.toml"),
+        "[build-system]\nrequires = [\"setuptools>=64\"]\nbuild-backend = \"setuptools.build_meta\"\n\n\
+         [project]\nname = \"hello-pkg\"\nversion = \"0.1\"\ndependencies = [\"six\"]\n\n\
+         [project.scripts]\nhello-pkg = \"hello_pkg:main\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("hello_pkg/__init__.py"),
+        "def main():\n    import sys\n    print('hello from', sys.prefix)\n",
+    )
+    .unwrap();
+}
+
+/// Save `venv` under `key`; returns the save JSON.
+fn save(store: &Path, venv: &Path, key: &str) -> serde_json::Value {
+    let mut c = envsnap(store);
+    c.args(["--json", "save", "venv"]).arg(venv).args(["--key", key]);
+    json(&ok(c))
+}
+
+fn restore(store: &Path, key: &str, dest: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut c = envsnap(store);
+    c.args(["--json", "restore", "--key", key]).arg(dest).args(extra);
+    json(&ok(c))
+}
+
+fn activate_python(venv: &Path) -> String {
+    let mut c = cmd(
+        "bash",
+        &[&"-c", &"source \"$1/bin/activate\" && command -v python", &"_", &venv],
+    );
+    c.env("PATH", "/usr/bin:/bin");
+    ok(c).trim().to_string()
+}
+
+fn sys_prefix(venv: &Path) -> String {
+    ok(cmd(venv.join("bin/python"), &[&"-c", &"import sys; print(sys.prefix)"]))
+        .trim()
+        .to_string()
+}
+
+/// Everything a user does with a venv, at its new place.
+fn check_full_venv(v: &Path) {
+    assert_eq!(sys_prefix(v), v.display().to_string());
+    let out = ok(cmd(v.join("bin/black"), &[&"--version"]));
+    assert!(out.contains("black"), "{out}");
+    ok(cmd(
+        v.join("bin/python"),
+        &[
+            &"-c",
+            &"import yaml, markupsafe._speedups, numpy; assert yaml.__with_libyaml__; numpy.arange(3).sum()",
+        ],
+    ));
+    assert_eq!(activate_python(v), v.join("bin/python").display().to_string());
+    let hello = ok(cmd(v.join("bin/hello-pkg"), &[]));
+    assert_eq!(hello.trim(), format!("hello from {}", v.display()));
+    ok(cmd(v.join("bin/pip"), &[&"check"]));
+    pip_install(v, &["wheel"]);
+    let f = ok(cmd(
+        v.join("bin/python"),
+        &[&"-c", &"import wheel; print(wheel.__file__)"],
+    ));
+    assert!(f.starts_with(&v.display().to_string()), "{f}");
+}
+
+fn mtime_ns(p: &Path) -> i64 {
+    let m = std::fs::symlink_metadata(p).unwrap();
+    m.mtime() * 1_000_000_000 + m.mtime_nsec()
+}
+
+fn rewritten_paths(r: &serde_json::Value) -> Vec<String> {
+    r["rewritten"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["path"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn moved_venv_keeps_scripts_c_extensions_pip_and_editable_working_at_spaced_and_shorter_paths() {
+    let t = scratch();
+    let store = t.path().join("store");
+    let src = t.path().join("src/hello-pkg");
+    write_editable_pkg(&src);
+    let orig = t.path().join("project/with/a/deep/original/.venv");
+    ok(cmd(PY311, &[&"-m", &"venv", &orig]));
+    pip_install(&orig, &["black", "pyyaml", "markupsafe", "numpy"]);
+    let mut e = cmd(
+        orig.join("bin/pip"),
+        &[
+            &"install",
+            &"-q",
+            &"--no-index",
+            &"--find-links",
+            &fixtures().wheelhouse,
+            &"-e",
+            &src,
+        ],
+    );
+    e.env("PIP_DISABLE_PIP_VERSION_CHECK", "1");
+    ok(e);
+    // A binary holding the venv path (as a compiled extension's rpath or baked-in prefix would).
+    let blob = [
+        b"\x7fELF\0\0".as_slice(),
+        orig.join("lib/libfoo.so").as_os_str().as_encoded_bytes(),
+        b"\0tail\0",
+    ]
+    .concat();
+    std::fs::write(orig.join("lib/prefix.bin"), &blob).unwrap();
+    let black_mtime = mtime_ns(&orig.join("bin/black"));
+    let cfg_mtime = mtime_ns(&orig.join("pyvenv.cfg"));
+
+    let s = save(&store, &orig, "venv-full");
+    assert_eq!(s["kind"], "venv");
+    assert_eq!(s["venv"]["interpreter"]["version"], "3.11.7");
+    assert_eq!(s["venv"]["interpreter"]["source"], "probe");
+    assert!(s["files_with_paths"].as_u64().unwrap() >= 8, "{s}");
+    std::fs::remove_dir_all(&orig).unwrap();
+
+    // Longer, with spaces: shebangs become the sh trampoline; the binary cannot be padded.
+    let long = t
+        .path()
+        .join("restored venvs with spaces/and a directory name longer than before/.venv");
+    let r = restore(&store, "venv-full", &long, &[]);
+    assert_eq!(r["interpreter"]["reason"], "original");
+    let rw = rewritten_paths(&r);
+    for f in ["bin/black", "bin/pip", "bin/activate", "bin/hello-pkg", "pyvenv.cfg"] {
+        assert!(rw.iter().any(|p| p == f), "{f} not in {rw:?}");
+    }
+    let head = std::fs::read_to_string(long.join("bin/black")).unwrap();
+    assert!(head.starts_with("#!/bin/sh\n'''exec' \""), "{head}");
+    let warnings = r["warnings"].to_string();
+    assert!(warnings.contains("lib/prefix.bin"), "{warnings}");
+    assert_eq!(
+        mtime_ns(&long.join("bin/black")),
+        black_mtime,
+        "mtime kept on rewritten files"
+    );
+    assert_eq!(mtime_ns(&long.join("pyvenv.cfg")), cfg_mtime);
+    check_full_venv(&long);
+
+    // Shorter: plain shebangs; the binary is NUL-padded in place.
+    let short_dir = tempfile::Builder::new().prefix("e").tempdir_in("/tmp").unwrap();
+    let short = short_dir.path().join("v");
+    let r = restore(&store, "venv-full", &short, &[]);
+    assert!(rewritten_paths(&r).iter().any(|p| p == "lib/prefix.bin"), "{r}");
+    let b = std::fs::read(short.join("lib/prefix.bin")).unwrap();
+    assert_eq!(b.len(), blob.len());
+    let want = [
+        b"\x7fELF\0\0".as_slice(),
+        short.join("lib/libfoo.so").as_os_str().as_encoded_bytes(),
+    ]
+    .concat();
+    assert!(b.starts_with(&want) && b.ends_with(b"\0tail\0"));
+    let head = std::fs::read_to_string(short.join("bin/black")).unwrap();
+    assert!(head.starts_with(&format!("#!{}/bin/python", short.display())), "{head}");
+    check_full_venv(&short);
+
+    // The editable source is gone: the restore still works but names the package.
+    std::fs::remove_dir_all(&src).unwrap();
+    let third = t.path().join("third");
+    let r = restore(&store, "venv-full", &third, &[]);
+    assert!(
+        r["warnings"].to_string().contains("hello_pkg") || r["warnings"].to_string().contains("hello-pkg"),
+        "{r}"
+    );
+}
+
+#[test]
+fn hardlinked_restore_with_fixups_leaves_store_objects_untouched() {
+    let t = scratch();
+    let store = t.path().join("store");
+    let orig = t.path().join("orig");
+    ok(cmd(PY311, &[&"-m", &"venv", &orig]));
+    pip_install(&orig, &["six"]);
+    save(&store, &orig, "venv-hl");
+    // A dry run decides the interpreter and the rewrites, and writes nothing.
+    let dry = t.path().join("dry/v");
+    let r = restore(&store, "venv-hl", &dry, &["--dry-run"]);
+    assert_eq!(r["interpreter"]["path"], PY311, "{r}");
+    assert!(!dry.exists() && !dry.parent().unwrap().exists());
+    let dest = t.path().join("elsewhere/v");
+    let r = restore(&store, "venv-hl", &dest, &["--link", "hardlink"]);
+    assert!(r["link"].as_str().unwrap().contains("hardlink"), "{r}");
+    // Rewritten files are private copies; untouched ones share the store's inodes.
+    assert_eq!(std::fs::metadata(dest.join("bin/pip")).unwrap().nlink(), 1);
+    let six = dest.join("lib/python3.11/site-packages/six.py");
+    assert!(std::fs::metadata(&six).unwrap().nlink() > 1);
+    ok(cmd(dest.join("bin/pip"), &[&"--version"]));
+    let mut v = envsnap(&store);
+    v.arg("verify");
+    ok(v);
+    // And the original, restored in place from the same objects, still has its own paths.
+    std::fs::remove_dir_all(&orig).unwrap();
+    restore(&store, "venv-hl", &orig, &["--link", "hardlink"]);
+    let head = std::fs::read_to_string(orig.join("bin/pip")).unwrap();
+    assert!(head.starts_with(&format!("#!{}/bin/python", orig.display())), "{head}");
+    ok(cmd(orig.join("bin/pip"), &[&"--version"]));
+}
+
+/// A venv made from `…/hostedtoolcache/Python/3.11.7/x64/bin/python3.11`, saved, and that
+/// interpreter removed (a new runner image).
+fn toolcache_venv(t: &Path, store: &Path, key: &str) -> PathBuf {
+    let x64 = t.join("hostedtoolcache/Python/3.11.7/x64");
+    std::fs::create_dir_all(x64.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink("/root/.pyenv/versions/3.11.7", &x64).unwrap();
+    let venv = t.join("proj/.venv");
+    ok(cmd(x64.join("bin/python3.11"), &[&"-m", &"venv", &venv]));
+    pip_install(&venv, &["six"]);
+    let cfg = std::fs::read_to_string(venv.join("pyvenv.cfg")).unwrap();
+    assert!(cfg.contains("hostedtoolcache"), "{cfg}");
+    save(store, &venv, key);
+    std::fs::remove_file(&x64).unwrap();
+    std::fs::remove_dir_all(&venv).unwrap();
+    venv
+}
+
+fn cfg_get(venv: &Path, key: &str) -> String {
+    let cfg = std::fs::read_to_string(venv.join("pyvenv.cfg")).unwrap();
+    cfg.lines()
+        .find_map(|l| {
+            l.split_once('=')
+                .filter(|(k, _)| k.trim() == key)
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no {key} in {cfg}"))
+}
+
+#[test]
+fn interpreter_gone_after_runner_upgrade_retargets_to_same_minor_on_path() {
+    let t = scratch();
+    let store = t.path().join("store");
+    let venv = toolcache_venv(t.path(), &store, "venv-tc");
+    // PATH has pyenv's shims: python3.11 is a shell script, resolved to the real binary.
+    let mut c = envsnap(&store);
+    c.args(["--json", "restore", "--key", "venv-tc"])
+        .arg(&venv)
+        .env("PATH", "/root/.pyenv/shims:/usr/bin:/bin");
+    let r = json(&ok(c));
+    assert_eq!(r["interpreter"]["reason"], "path");
+    assert_eq!(r["interpreter"]["path"], PY311);
+    assert_eq!(cfg_get(&venv, "home"), PY311_HOME);
+    assert_eq!(
+        std::fs::read_link(venv.join("bin/python3.11")).unwrap(),
+        Path::new(PY311)
+    );
+    ok(cmd(venv.join("bin/python"), &[&"-c", &"import six, ssl, sqlite3"]));
+    ok(cmd(venv.join("bin/pip"), &[&"--version"]));
+    assert_eq!(sys_prefix(&venv), venv.display().to_string());
+}
+
+#[test]
+fn explicit_python_with_other_patch_version_sets_home_there() {
+    let t = scratch();
+    let store = t.path().join("store");
+    toolcache_venv(t.path(), &store, "venv-tc2");
+    let dest = t.path().join("debian venv");
+    let r = restore(&store, "venv-tc2", &dest, &["--python", DEBIAN_PY311]);
+    assert_eq!(r["interpreter"]["reason"], "explicit");
+    assert_eq!(r["interpreter"]["version"], "3.11.2");
+    assert_eq!(cfg_get(&dest, "home"), "/usr/bin");
+    assert_eq!(cfg_get(&dest, "version"), "3.11.2");
+    let v = ok(cmd(
+        dest.join("bin/python"),
+        &[&"-c", &"import platform, six, ssl; print(platform.python_version())"],
+    ));
+    assert_eq!(v.trim(), "3.11.2");
+    ok(cmd(dest.join("bin/pip"), &[&"--version"]));
+    assert_eq!(activate_python(&dest), dest.join("bin/python").display().to_string());
+}
+
+#[test]
+fn other_minor_version_is_a_miss_and_writes_nothing() {
+    let t = scratch();
+    let store = t.path().join("store");
+    toolcache_venv(t.path(), &store, "venv-tc3");
+    let parent = t.path().join("out");
+    std::fs::create_dir_all(&parent).unwrap();
+    let dest = parent.join("v");
+    // --python 3.12 for a 3.11 venv.
+    let mut c = envsnap(&store);
+    c.args(["restore", "--key", "venv-tc3"])
+        .arg(&dest)
+        .args(["--python", PY312]);
+    let out = c.output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&c, &out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("3.11") && err.contains("3.12"), "{err}");
+    // Only 3.12 on PATH; a --fallback does not rescue it either.
+    let only312 = t.path().join("only312");
+    std::fs::create_dir_all(&only312).unwrap();
+    std::os::unix::fs::symlink(PY312, only312.join("python3")).unwrap();
+    let mut c = envsnap(&store);
+    c.args(["restore", "--key", "venv-tc3", "--fallback", "venv-"])
+        .arg(&dest)
+        .env("PATH", &only312);
+    let out = c.output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&c, &out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("3.11") && err.contains("3.12.1"), "{err}");
+    assert_eq!(std::fs::read_dir(&parent).unwrap().count(), 0, "nothing written");
+}
+
+#[test]
+fn copies_venv_gets_a_copy_of_the_new_interpreter() {
+    let t = scratch();
+    let store = t.path().join("store");
+    let orig = t.path().join("orig");
+    ok(cmd(PY311, &[&"-m", &"venv", &"--copies", &orig]));
+    pip_install(&orig, &["six"]);
+    save(&store, &orig, "venv-copies");
+    let dest = t.path().join("v2");
+    let r = restore(&store, "venv-copies", &dest, &["--python", DEBIAN_PY311]);
+    assert!(rewritten_paths(&r).iter().any(|p| p == "bin/python3.11"), "{r}");
+    let py = std::fs::read(dest.join("bin/python3.11")).unwrap();
+    assert_eq!(py, std::fs::read(std::fs::canonicalize(DEBIAN_PY311).unwrap()).unwrap());
+    let v = ok(cmd(
+        dest.join("bin/python"),
+        &[&"-c", &"import platform, six; print(platform.python_version())"],
+    ));
+    assert_eq!(v.trim(), "3.11.2");
+    ok(cmd(dest.join("bin/pip"), &[&"--version"]));
+}
+
+fn check_small_venv(v: &Path) {
+    assert_eq!(sys_prefix(v), v.display().to_string());
+    ok(cmd(v.join("bin/black"), &[&"--version"]));
+    ok(cmd(v.join("bin/python"), &[&"-c", &"import yaml, six"]));
+    assert_eq!(activate_python(v), v.join("bin/python").display().to_string());
+}
+
+#[test]
+fn virtualenv_and_uv_venvs_round_trip_to_a_new_path() {
+    let fx = fixtures();
+    let t = scratch();
+    let store = t.path().join("store");
+    let ve = t.path().join("ve");
+    ok(cmd(fx.tools.join("virtualenv"), &[&"-q", &"-p", &PY311, &ve]));
+    pip_install(&ve, &["black", "pyyaml", "six"]);
+    let mut made = vec![("virtualenv", ve.clone())];
+    for (name, extra) in [("uv", None), ("uv-relocatable", Some("--relocatable"))] {
+        let v = t.path().join(name);
+        let mut c = cmd(fx.tools.join("uv"), &[&"venv", &"-q", &"-p", &PY311]);
+        c.args(extra).arg(&v).env("UV_CACHE_DIR", &fx.uv_cache);
+        ok(c);
+        uv_install(&v, &["black", "pyyaml", "six"]);
+        made.push((name, v));
+    }
+    for (name, v) in made {
+        let s = save(&store, &v, name);
+        assert_eq!(
+            s["venv"]["flavour"],
+            if name == "virtualenv" { "virtualenv" } else { "uv" }
+        );
+        std::fs::remove_dir_all(&v).unwrap();
+        let dest = t.path().join(format!("moved {name}/venv"));
+        restore(&store, name, &dest, &[]);
+        check_small_venv(&dest);
+        if name == "virtualenv" {
+            pip_install(&dest, &["wheel"]);
+        }
+    }
+}
+
+#[test]
+fn save_venv_refuses_plain_and_missing_directories() {
+    let t = scratch();
+    let store = t.path().join("store");
+    let plain = t.path().join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    for (p, want) in [
+        (plain.clone(), "no pyvenv.cfg"),
+        (t.path().join("missing"), "no such directory"),
+    ] {
+        let mut c = envsnap(&store);
+        c.args(["save", "venv"]).arg(&p).args(["--key", "k"]);
+        let out = c.output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", show(&c, &out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want) && err.contains(&*p.display().to_string()), "{err}");
+    }
+}
+
+#[test]
+fn save_venv_whose_interpreter_cannot_run_reads_pyvenv_cfg() {
+    let t = scratch();
+    let store = t.path().join("store");
+    let venv = t.path().join("v");
+    ok(cmd(PY311, &[&"-m", &"venv", &"--without-pip", &venv]));
+    // The interpreter is gone (a runner image without it).
+    std::fs::remove_file(venv.join("bin/python3.11")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/python3.11", venv.join("bin/python3.11")).unwrap();
+    let s = save(&store, &venv, "venv-broken");
+    assert_eq!(s["venv"]["interpreter"]["source"], "pyvenv.cfg");
+    assert_eq!(s["venv"]["interpreter"]["version"], "3.11.7");
+    assert_eq!(s["venv"]["interpreter"]["home"], PY311_HOME);
+    // And it restores onto the same minor found on PATH.
+    let dest = t.path().join("w");
+    restore(&store, "venv-broken", &dest, &[]);
+    ok(cmd(dest.join("bin/python"), &[&"-c", &"import ssl"]));
+}
+
+#[test]
+fn failing_smoke_test_rolls_back_the_restore() {
+    let t = scratch();
+    let store = t.path().join("store");
+    let venv = t.path().join("v");
+    ok(cmd(PY311, &[&"-m", &"venv", &"--without-pip", &venv]));
+    // A .pth that kills every interpreter start in this venv.
+    std::fs::write(
+        venv.join("lib/python3.11/site-packages/zz_broken.pth"),
+        "import sys; sys.exit(7)\n",
+    )
+    .unwrap();
+    save(&store, &venv, "venv-smoke");
+    let parent = t.path().join("out");
+    std::fs::create_dir_all(&parent).unwrap();
+    let mut c = envsnap(&store);
+    c.args(["restore", "--key", "venv-smoke"]).arg(parent.join("v"));
+    let out = c.output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", show(&c, &out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("smoke test"),
+        "{}",
+        show(&c, &out)
+    );
+    assert_eq!(std::fs::read_dir(&parent).unwrap().count(), 0, "rolled back");
+}
+
+#[test]
+fn second_save_with_one_more_package_stores_only_that_package() {
+    let t = scratch();
+    let store = t.path().join("store");
+    let venv = t.path().join("v");
+    ok(cmd(PY311, &[&"-m", &"venv", &venv]));
+    pip_install(&venv, &["pyyaml"]);
+    save(&store, &venv, "venv-1");
+    pip_install(&venv, &["six"]);
+    let s = save(&store, &venv, "venv-2");
+    // six.py, its pyc, its dist-info files (+ the changed RECORD-free pip metadata): a handful.
+    let new = s["new_objects"].as_u64().unwrap();
+    assert!(new > 0 && new <= 10, "{s}");
+    assert!(s["new_bytes"].as_u64().unwrap() < 200_000, "{s}");
+}
+
+#[test]
+fn py38_venv_records_its_base_interpreter_not_its_own_python() {
+    // Python 3.8 reports the venv's own bin/python as sys._base_executable.
+    let py38 = "/root/.pyenv/versions/3.8.18/bin/python3.8";
+    assert!(Path::new(py38).exists(), "test prerequisite missing: {py38}");
+    let t = scratch();
+    let store = t.path().join("store");
+    let venv = t.path().join("v38");
+    ok(cmd(py38, &[&"-m", &"venv", &"--without-pip", &venv]));
+    let s = save(&store, &venv, "venv-38");
+    assert_eq!(s["venv"]["interpreter"]["executable"], py38, "{s}");
+    assert_eq!(s["venv"]["interpreter"]["source"], "probe");
+    std::fs::remove_dir_all(&venv).unwrap();
+    let dest = t.path().join("moved 38");
+    let r = restore(&store, "venv-38", &dest, &[]);
+    assert_eq!(r["interpreter"]["reason"], "original");
+    assert_eq!(sys_prefix(&dest), dest.display().to_string());
+}
