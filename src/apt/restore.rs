@@ -171,6 +171,18 @@ pub fn restore(
         )));
     }
     let manifest = store.manifest(snap.id)?;
+    // Whatever the index says, nothing may be written outside ROOT.
+    manifest.validate_paths(&snap.key)?;
+    for rel in meta.removed_paths.iter().chain(meta.shared.iter().map(|s| &s.path)) {
+        crate::snapshot::check_rel_path(rel.as_bytes())
+            .map_err(|why| Error::Other(format!("apt snapshot '{}': refusing path {rel:?}: {why}", snap.key)))?;
+    }
+    if let Some(s) = meta.shared.iter().find(|s| merge::class_of(&s.path) != Some(s.class)) {
+        return Err(Error::Other(format!(
+            "apt snapshot '{}': {} is not a shared state file",
+            snap.key, s.path
+        )));
+    }
     let conflicts = check_compat(&meta, &manifest, &root)?;
     if !conflicts.is_empty() {
         return Err(Error::Miss(format!(
