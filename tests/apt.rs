@@ -215,7 +215,9 @@ fn envsnap_ok(store: &Path, args: &[&str]) -> String {
 fn snapshot_store(tar: &Path) -> &'static Path {
     static STORE: OnceLock<PathBuf> = OnceLock::new();
     STORE.get_or_init(|| {
-        let store = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap().keep();
+        // A fixed path, emptied here, so runs do not pile up 150 MB stores under target/tmp.
+        let store = Path::new(env!("CARGO_TARGET_TMPDIR")).join("apt-snapshot-store");
+        let _ = std::fs::remove_dir_all(&store);
         let c = fresh(tar);
         let r = c.root.to_str().unwrap();
         envsnap_ok(&store, &["apt", "begin", r]);
