@@ -242,3 +242,64 @@ pub fn compute(root: &Path, base: &Baseline) -> Result<Delta> {
         removed_packages,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    const STATUS: &str = "Package: base\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1\n\n";
+
+    #[test]
+    fn delta_finds_added_changed_removed_and_shared_ops() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().canonicalize().unwrap();
+        let store = tempfile::tempdir().unwrap();
+        for d in ["usr/bin", "etc", "var/lib/dpkg/info", "var/log", "var/lib/apt/lists"] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        fs::write(root.join("var/lib/dpkg/status"), STATUS).unwrap();
+        fs::write(root.join("usr/bin/old"), "x").unwrap();
+        fs::write(root.join("etc/gone"), "x").unwrap();
+        fs::write(root.join("etc/ld.so.cache"), "1").unwrap();
+        super::baseline::begin(store.path(), &root).unwrap();
+
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::create_dir_all(root.join("usr/share/new/empty")).unwrap();
+        fs::write(root.join("usr/bin/new"), "y").unwrap();
+        fs::write(root.join("usr/bin/old"), "changed").unwrap();
+        fs::remove_file(root.join("etc/gone")).unwrap();
+        fs::write(root.join("etc/ld.so.cache"), "2").unwrap();
+        fs::write(root.join("var/log/noise"), "x").unwrap();
+        fs::write(root.join("var/lib/apt/lists/noise"), "x").unwrap();
+        let st = format!("{STATUS}Package: new\nStatus: install ok installed\nArchitecture: amd64\nVersion: 2\n\n");
+        fs::write(root.join("var/lib/dpkg/status"), st).unwrap();
+
+        let b = super::baseline::read(&super::baseline::baseline_path(store.path(), &root)).unwrap();
+        assert_eq!(b.header.packages.len(), 1);
+        let d = compute(&root, &b).unwrap();
+        let paths: Vec<String> = d
+            .payload
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.path).into_owned())
+            .collect();
+        for p in ["usr/bin/new", "usr/bin/old", "usr/share/new/empty", "usr/share", "usr"] {
+            assert!(paths.contains(&p.to_string()), "{p} missing from {paths:?}");
+        }
+        for p in [
+            "etc/ld.so.cache",
+            "var/log/noise",
+            "var/lib/apt/lists/noise",
+            "var/lib/dpkg/status",
+        ] {
+            assert!(!paths.contains(&p.to_string()), "{p} must not be payload");
+        }
+        assert_eq!(d.removed, vec!["etc/gone".to_string()]);
+        assert_eq!(d.packages.len(), 1);
+        assert_eq!(d.packages[0].name, "new");
+        assert_eq!(d.packages[0].base_version, None);
+        let status = d.shared.iter().find(|s| s.path == "var/lib/dpkg/status").unwrap();
+        assert_eq!(status.ops.set.len(), 1);
+        assert!(status.ops.remove.is_empty());
+    }
+}
