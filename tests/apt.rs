@@ -401,3 +401,31 @@ fn killed_restore_can_be_rerun() {
     envsnap_ok(store, &["restore", r, "--key", KEY]);
     assert_installed(&c);
 }
+
+#[test]
+fn restore_refuses_while_dpkg_is_locked() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(tar) = ready() else { return };
+    let store = snapshot_store(&tar);
+    let c = fresh(&tar);
+    // Hold dpkg's frontend lock the way apt does (fcntl write lock).
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(c.root.join("var/lib/dpkg/lock-frontend"))
+        .unwrap();
+    // SAFETY: zeroed flock is valid; fd is open.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as _;
+    fl.l_whence = libc::SEEK_SET as _;
+    assert_eq!(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &fl) }, 0);
+    let before = c.fingerprint();
+    let out = envsnap(store, &["restore", c.root.to_str().unwrap(), "--key", KEY]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("dpkg lock is held by another process"), "{err}");
+    assert_eq!(before, c.fingerprint(), "restore wrote while dpkg was locked");
+    drop(f);
+}
