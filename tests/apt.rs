@@ -429,3 +429,24 @@ fn restore_refuses_while_dpkg_is_locked() {
     assert_eq!(before, c.fingerprint(), "restore wrote while dpkg was locked");
     drop(f);
 }
+
+#[test]
+fn file_owned_by_a_foreign_package_is_a_miss() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(tar) = ready() else { return };
+    let store = snapshot_store(&tar);
+    let c = fresh(&tar);
+    // A package outside the snapshot (and not in its base) owns /bin/jq, i.e. /usr/bin/jq on
+    // merged-/usr: restoring would clobber its file.
+    let status = c.root.join("var/lib/dpkg/status");
+    let mut s = std::fs::read_to_string(&status).unwrap();
+    s.push_str("Package: otherjq\nStatus: install ok installed\nArchitecture: amd64\nVersion: 9\nDescription: x\n\n");
+    std::fs::write(&status, s).unwrap();
+    std::fs::write(c.root.join("var/lib/dpkg/info/otherjq.list"), "/.\n/bin\n/bin/jq\n").unwrap();
+    let before = c.fingerprint();
+    let out = envsnap(store, &["restore", c.root.to_str().unwrap(), "--key", KEY]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("otherjq 9 owns /bin/jq"), "{err}");
+    assert_eq!(before, c.fingerprint(), "a conflicting restore wrote to the target");
+}

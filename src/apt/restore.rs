@@ -113,12 +113,18 @@ pub fn check_compat(meta: &AptMeta, manifest: &Manifest, root: &Path) -> Result<
         .map(|p| p.name.as_str())
         .chain(meta.removed_packages.iter().map(|p| p.name.as_str()))
         .collect();
-    let paths: HashSet<String> = manifest
-        .entries
-        .iter()
-        .filter(|e| e.kind != EntryKind::Dir)
-        .map(|e| format!("/{}", String::from_utf8_lossy(&e.path)))
-        .collect();
+    let aliases = merged_usr_aliases(root);
+    let mut paths: HashSet<String> = HashSet::new();
+    for e in manifest.entries.iter().filter(|e| e.kind != EntryKind::Dir) {
+        let p = format!("/{}", String::from_utf8_lossy(&e.path));
+        // dpkg's file lists may name `/lib/x` for what merged-/usr stores at `/usr/lib/x`.
+        for (short, long) in &aliases {
+            if let Some(rest) = p.strip_prefix(long.as_str()) {
+                paths.insert(format!("{short}{rest}"));
+            }
+        }
+        paths.insert(p);
+    }
     let base_by_name: HashMap<&str, Vec<&str>> = meta.base_packages.iter().fold(HashMap::new(), |mut m, p| {
         m.entry(p.name.as_str()).or_default().push(p.version.as_str());
         m
@@ -148,6 +154,22 @@ pub fn check_compat(meta: &AptMeta, manifest: &Manifest, root: &Path) -> Result<
     }
     conflicts.extend(bad);
     Ok(conflicts)
+}
+
+/// Top-level merged-/usr symlinks of ROOT as ("/bin/", "/usr/bin/") prefix pairs.
+fn merged_usr_aliases(root: &Path) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    let Ok(rd) = std::fs::read_dir(root) else { return v };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Ok(t) = std::fs::read_link(e.path()) {
+            let t = t.to_string_lossy().trim_start_matches('/').to_string();
+            if t == format!("usr/{name}") {
+                v.push((format!("/{name}/"), format!("/usr/{name}/")));
+            }
+        }
+    }
+    v
 }
 
 /// Restore `snap` into `root` (default: the root it was saved from).
