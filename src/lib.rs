@@ -13,6 +13,7 @@
 //! - [`gc`] and [`verify`]: store maintenance;
 //! - [`venv`]: virtualenv snapshots (save with per-file path notes, restore with fixups).
 
+pub mod apt;
 pub mod error;
 pub mod gc;
 pub mod index;

@@ -1,5 +1,6 @@
 //! Command-line front end: one file per command group. Only this module prints.
 
+mod apt;
 mod inspect;
 mod key;
 mod maint;
@@ -52,6 +53,8 @@ enum Command {
     Verify(maint::VerifyArgs),
     /// Print the cache key a template renders to, e.g. 'venv-{os}-{python}-{hash:requirements*.txt}'
     Key(key::KeyArgs),
+    /// apt snapshots: `apt begin` before installing, `apt install` for the conditional install
+    Apt(apt::AptArgs),
 }
 
 /// What a command ended with, beyond success: a miss exits 1.
@@ -106,6 +109,7 @@ pub fn main() -> ExitCode {
         Command::Gc(a) => maint::gc(&ctx, a),
         Command::Verify(a) => maint::verify(&ctx, a),
         Command::Key(a) => key::run(&ctx, a),
+        Command::Apt(a) => apt::run(&ctx, a),
     };
     match result {
         Ok(Outcome::Done) => ExitCode::SUCCESS,

@@ -63,8 +63,8 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
         dest.display()
     ));
     // Adapters restore their own kinds; everything else is a plain tree.
-    #[allow(clippy::match_single_binding)] // the apt arm joins here
     let result = match snap.kind.as_str() {
+        "apt" => restore_apt(ctx, &store, &a, snap.clone(), hit, &opts),
         envsnap::venv::KIND => restore_venv(ctx, &store, &a, snap.clone(), hit, &dest, &opts, start),
         _ => restore_dir(ctx, &store, &a, snap.clone(), hit, &dest, &opts, start),
     };
@@ -254,5 +254,28 @@ fn restore_venv(
         "fixup_seconds": fix.map(|f| f.fixup_seconds),
         "smoke_seconds": fix.map(|f| f.smoke_seconds),
     }));
+    Ok(Outcome::Done)
+}
+
+/// apt snapshots are merged into a live system root, not staged as a tree.
+fn restore_apt(
+    ctx: &Ctx,
+    store: &Store,
+    a: &RestoreArgs,
+    snap: SnapshotRow,
+    hit: Hit,
+    opts: &RestoreOptions,
+) -> Result<Outcome> {
+    let r = envsnap::apt::restore(store, &snap, a.path.as_deref(), opts, a.dry_run)?;
+    if !a.dry_run {
+        store.mark_restored(snap.id)?;
+    }
+    super::apt::print_restore(ctx, &snap.key, &r);
+    let mut out = serde_json::to_value(&r).unwrap_or_default();
+    out["hit"] = json!(hit.as_str());
+    out["key"] = json!(a.key);
+    out["matched_key"] = json!(snap.key);
+    out["kind"] = json!("apt");
+    ctx.ui.emit_json(&out);
     Ok(Outcome::Done)
 }

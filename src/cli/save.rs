@@ -33,6 +33,15 @@ enum SaveWhat {
         #[arg(long)]
         key: String,
     },
+    /// What apt-get installed since `envsnap apt begin ROOT`
+    Apt {
+        /// The system root given to `apt begin`
+        #[arg(default_value = "/")]
+        root: PathBuf,
+        /// Cache key or key template (render `{apt-base}` before installing, see docs/apt.md)
+        #[arg(long)]
+        key: String,
+    },
 }
 
 pub fn run(ctx: &Ctx, args: SaveArgs) -> Result<Outcome> {
@@ -70,6 +79,24 @@ pub fn run(ctx: &Ctx, args: SaveArgs) -> Result<Outcome> {
             ));
             let extra = serde_json::json!({ "venv": r.venv, "files_with_paths": r.files_with_paths });
             print_report(ctx, &r.save, extra);
+            Ok(Outcome::Done)
+        }
+        SaveWhat::Apt { root, key } => {
+            let (key, _) = super::key::keys_for(ctx, &key, &[], None, None, Some(&root))?;
+            let store = ctx.open_store()?;
+            let r = envsnap::apt::save(&store, &root, &key)?;
+            ctx.ui.info(format!(
+                "saved {} (apt): {} packages added or changed, {} paths, {} files ({}), {} removed paths, {} shared files in {:.2}s",
+                r.key,
+                r.packages.len(),
+                r.payload_entries,
+                r.files,
+                super::output::bytes(r.bytes),
+                r.removed_paths,
+                r.merged_files,
+                r.seconds
+            ));
+            ctx.ui.emit_json(&serde_json::to_value(&r).unwrap_or_default());
             Ok(Outcome::Done)
         }
     }

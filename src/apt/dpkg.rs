@@ -1,0 +1,180 @@
+//! dpkg's deb822-style state files: parse into stanzas that keep their exact text, look up
+//! fields, list installed packages, and map files to their owning packages (`dpkg -S`).
+//!
+//! `key::system::installed_packages` (for `{apt-base}`) counts only fully `installed` stanzas and
+//! drops the stanza text; apt needs both the exact text (to merge `status`) and every package
+//! whose files are on disk (unpacked, half-configured… still own files), hence this parser.
+
+use crate::error::{Error, IoContext, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+/// One paragraph of a deb822 file, text kept byte-exact (ends with '\n', no blank line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stanza {
+    pub text: String,
+}
+
+impl Stanza {
+    /// Value of a simple field (first line only, trimmed), `None` when absent.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        for line in self.text.lines() {
+            if line.starts_with(' ') || line.starts_with('\t') {
+                continue;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case(name) {
+                    return Some(v.trim());
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Split a deb822 file into stanzas; any run of blank lines separates stanzas.
+pub fn parse_stanzas(text: &str) -> Vec<Stanza> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for line in text.split_inclusive('\n') {
+        if line.trim().is_empty() {
+            if !cur.is_empty() {
+                out.push(Stanza {
+                    text: std::mem::take(&mut cur),
+                });
+            }
+        } else {
+            cur.push_str(line);
+            if !line.ends_with('\n') {
+                cur.push('\n');
+            }
+        }
+    }
+    if !cur.is_empty() {
+        out.push(Stanza { text: cur });
+    }
+    out
+}
+
+/// Serialize stanzas the way dpkg writes them: each paragraph followed by one blank line.
+pub fn write_stanzas<'a>(stanzas: impl IntoIterator<Item = &'a str>) -> String {
+    let mut s = String::new();
+    for t in stanzas {
+        s.push_str(t);
+        s.push('\n');
+    }
+    s
+}
+
+/// A package as the fingerprint and the compatibility rule see it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Pkg {
+    pub name: String,
+    pub arch: String,
+    pub version: String,
+}
+
+/// `Package:Architecture` key of a status/extended_states stanza.
+pub fn pkg_key(s: &Stanza) -> Option<String> {
+    let name = s.field("Package")?;
+    let arch = s.field("Architecture").unwrap_or("");
+    Some(format!("{name}:{arch}"))
+}
+
+/// Whether a status stanza describes a package whose files are on disk
+/// (anything but `not-installed` and `config-files`).
+pub fn is_present(s: &Stanza) -> bool {
+    match s.field("Status").and_then(|st| st.split_whitespace().nth(2)) {
+        Some("not-installed") | Some("config-files") | None => false,
+        Some(_) => true,
+    }
+}
+
+/// Installed packages (name, arch, version) of a status file's text, sorted.
+pub fn installed_from_status(text: &str) -> Vec<Pkg> {
+    let mut v: Vec<Pkg> = parse_stanzas(text)
+        .iter()
+        .filter(|s| is_present(s))
+        .filter_map(|s| {
+            Some(Pkg {
+                name: s.field("Package")?.to_string(),
+                arch: s.field("Architecture").unwrap_or("").to_string(),
+                version: s.field("Version").unwrap_or("").to_string(),
+            })
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Installed packages of ROOT (from `ROOT/var/lib/dpkg/status`); empty when there is no dpkg.
+pub fn installed_packages(root: &Path) -> Result<Vec<Pkg>> {
+    let p = root.join("var/lib/dpkg/status");
+    match std::fs::read_to_string(&p) {
+        Ok(t) => Ok(installed_from_status(&t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::io("read", &p, e)),
+    }
+}
+
+/// Map of package name -> versions present (several when multi-arch).
+pub fn versions_by_name(pkgs: &[Pkg]) -> HashMap<&str, Vec<&Pkg>> {
+    let mut m: HashMap<&str, Vec<&Pkg>> = HashMap::new();
+    for p in pkgs {
+        m.entry(p.name.as_str()).or_default().push(p);
+    }
+    m
+}
+
+/// Owners (package names, arch qualifier stripped) of the given absolute paths ("/usr/bin/jq")
+/// according to ROOT's `var/lib/dpkg/info/*.list`. Paths owned by nobody are absent.
+pub fn owners(root: &Path, paths: &HashSet<String>) -> Result<BTreeMap<String, Vec<String>>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    if paths.is_empty() {
+        return Ok(out);
+    }
+    let info = root.join("var/lib/dpkg/info");
+    let rd = match std::fs::read_dir(&info) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(Error::io("read directory", &info, e)),
+    };
+    for ent in rd {
+        let ent = ent.at("read directory", &info)?;
+        let name = ent.file_name().to_string_lossy().into_owned();
+        let Some(pkg) = name.strip_suffix(".list") else {
+            continue;
+        };
+        let pkg = pkg.split(':').next().unwrap_or(pkg).to_string();
+        let text = std::fs::read(ent.path()).at("read", ent.path())?;
+        for line in String::from_utf8_lossy(&text).lines() {
+            if paths.contains(line) {
+                out.entry(line.to_string()).or_default().push(pkg.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATUS: &str = "Package: a\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1\nDescription: x\n y\n\nPackage: b\nStatus: deinstall ok config-files\nArchitecture: all\nVersion: 2\n\n";
+
+    #[test]
+    fn roundtrip_exact() {
+        let st = parse_stanzas(STATUS);
+        assert_eq!(st.len(), 2);
+        assert_eq!(write_stanzas(st.iter().map(|s| s.text.as_str())), STATUS);
+        assert_eq!(pkg_key(&st[0]).unwrap(), "a:amd64");
+    }
+
+    #[test]
+    fn installed_skips_config_files() {
+        let v = installed_from_status(STATUS);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].version, "1");
+    }
+}

@@ -1,0 +1,135 @@
+//! `envsnap apt begin [ROOT]` and `envsnap apt install --key KEY … PKG…`.
+//! (`save apt` lives in save.rs, the apt arm of `restore` in restore.rs.)
+
+use super::output::{bytes, github_output};
+use super::{Ctx, Outcome};
+use clap::{Args, Subcommand};
+use envsnap::apt::{self, AptRestoreReport, InstallOutcome, InstallRequest};
+use envsnap::Result;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct AptArgs {
+    #[command(subcommand)]
+    what: AptWhat,
+}
+
+#[derive(Subcommand)]
+enum AptWhat {
+    /// Record a baseline of ROOT before `apt-get install`, for a later `envsnap save apt`
+    Begin {
+        /// The system root to watch
+        #[arg(default_value = "/")]
+        root: PathBuf,
+    },
+    /// Restore the packages' snapshot on a hit; on a miss run `apt-get install -y PKG…` and save it
+    Install {
+        /// Cache key
+        #[arg(long)]
+        key: String,
+        /// Key prefixes tried in order when the key has no snapshot
+        #[arg(long = "fallback", value_name = "PREFIX")]
+        fallbacks: Vec<String>,
+        /// The system root (apt-get runs in `chroot ROOT` unless it is /)
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Passed to apt-get
+        #[arg(long)]
+        no_install_recommends: bool,
+        /// apt-get `-o` options, passed through
+        #[arg(short = 'o', value_name = "OPTION")]
+        options: Vec<String>,
+        /// Run `apt-get update` before installing on a miss
+        #[arg(long)]
+        update: bool,
+        /// Packages to install
+        #[arg(required = true)]
+        packages: Vec<String>,
+    },
+}
+
+pub fn run(ctx: &Ctx, a: AptArgs) -> Result<Outcome> {
+    let store = ctx.open_store()?;
+    match a.what {
+        AptWhat::Begin { root } => {
+            let r = apt::begin(&store, &root)?;
+            ctx.ui.info(format!(
+                "apt baseline of {}: {} paths, {} packages in {:.2}s",
+                r.root.display(),
+                r.entries,
+                r.packages,
+                r.seconds
+            ));
+            ctx.ui.emit_json(&serde_json::to_value(&r).unwrap_or_default());
+            Ok(Outcome::Done)
+        }
+        AptWhat::Install {
+            key,
+            fallbacks,
+            root,
+            no_install_recommends,
+            options,
+            update,
+            packages,
+        } => {
+            let (key, fallbacks) = super::key::keys_for(ctx, &key, &fallbacks, None, None, Some(&root))?;
+            let req = InstallRequest {
+                key,
+                fallbacks,
+                root,
+                no_install_recommends,
+                options,
+                update,
+                packages,
+            };
+            let r = apt::install(&store, &req)?;
+            match &r.outcome {
+                InstallOutcome::Restored { restore } => {
+                    print_restore(ctx, &r.key, restore);
+                    github_output(&[("cache-hit", "true"), ("hit", "exact")])?;
+                }
+                InstallOutcome::FallbackInstalled { fallback_key, save, .. } => {
+                    ctx.ui.info(format!(
+                        "fallback {fallback_key} restored, apt-get installed the rest, saved {} ({} files, {}) in {:.2}s",
+                        save.key,
+                        save.files,
+                        bytes(save.bytes),
+                        r.seconds
+                    ));
+                    github_output(&[("cache-hit", "false"), ("hit", "fallback")])?;
+                }
+                InstallOutcome::Installed { miss_reason, save } => {
+                    ctx.ui.info(format!(
+                        "miss ({miss_reason}): apt-get installed, saved {} ({} packages, {} files, {}) in {:.2}s",
+                        save.key,
+                        save.packages.len(),
+                        save.files,
+                        bytes(save.bytes),
+                        r.seconds
+                    ));
+                    github_output(&[("cache-hit", "false"), ("hit", "miss")])?;
+                }
+            }
+            ctx.ui.emit_json(&serde_json::to_value(&r).unwrap_or_default());
+            Ok(Outcome::Done)
+        }
+    }
+}
+
+pub fn print_restore(ctx: &Ctx, key: &str, r: &AptRestoreReport) {
+    ctx.ui.info(format!(
+        "{}restored apt snapshot {key} into {}: {} packages, {} files, {} dirs, {} symlinks, {}, {} shared files merged in {:.2}s",
+        if r.dry_run { "dry run: would have " } else { "" },
+        r.root.display(),
+        r.packages.len(),
+        r.files,
+        r.dirs,
+        r.symlinks,
+        bytes(r.bytes),
+        r.merged.len(),
+        r.seconds
+    ));
+    for p in &r.packages {
+        ctx.ui.detail(format!("  {p}"));
+    }
+}
