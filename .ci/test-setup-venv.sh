@@ -12,7 +12,7 @@ flock 9
 
 # The tests need Debian's python3.11 with venv support beside pyenv's 3.11.x.
 if ! /usr/bin/python3.11 -c 'import ensurepip, venv' 2>/dev/null; then
-  apt-get install -y python3.11-venv >&2
+  apt-get update -qq >&2 && apt-get install -y python3.11-venv >&2
 fi
 
 py311="${ENVSNAP_TEST_PY311:-$HOME/.pyenv/versions/3.11.7/bin/python3.11}"
