@@ -353,7 +353,8 @@ fn system_tokens() {
     assert_eq!(String::from_utf8(o.stdout).unwrap().trim(), "ubuntu24-20240609.1.0");
     if Path::new("/etc/os-release").exists() {
         let rel = key(p, "{os-release}");
-        assert!(rel.contains('-') || !rel.is_empty());
+        // `ID-VERSION_ID`, e.g. debian-12: lowercase, one dash at least.
+        assert!(rel.contains('-') && rel == rel.to_lowercase(), "{rel}");
         assert_eq!(key(p, "{image}"), rel);
     }
     if Path::new("/var/lib/dpkg/status").exists() {

@@ -42,7 +42,16 @@ fn parse_link(s: &str) -> std::result::Result<LinkMode, String> {
 
 pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
     let start = Instant::now();
-    (a.key, a.fallbacks) = super::key::keys_for(ctx, &a.key, &a.fallbacks, a.python.as_deref(), None, None)?;
+    // `{apt-base}` describes the system being restored into: PATH when it is a dpkg root.
+    let dpkg_root = a.path.clone().filter(|p| p.join("var/lib/dpkg/status").is_file());
+    (a.key, a.fallbacks) = super::key::keys_for(
+        ctx,
+        &a.key,
+        &a.fallbacks,
+        a.python.as_deref(),
+        None,
+        dpkg_root.as_deref(),
+    )?;
     let store = ctx.open_store()?;
     // Held from lookup to commit, so gc cannot remove the snapshot or its objects in between.
     let _lock = store.lock_shared()?;
@@ -69,8 +78,10 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
         _ => restore_dir(ctx, &store, &a, snap.clone(), hit, &dest, &opts, start),
     };
     // $GITHUB_OUTPUT says "hit" only once the tree is in place; a failed or refused restore
-    // (an adapter's miss, an error) reports a miss so the job reinstalls.
+    // (an adapter's miss, an error) reports a miss so the job reinstalls. A dry run restores
+    // nothing and says nothing there.
     match &result {
+        _ if a.dry_run => {}
         Ok(Outcome::Done) => hit_outputs(hit, &snap)?,
         _ => github_output(&MISS_OUTPUTS)?,
     }
