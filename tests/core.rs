@@ -547,6 +547,18 @@ fn github_output_lines_for_exact_fallback_and_miss() {
         run(&["restore", &out("c"), "--key", "zzz"]),
         (1, "cache-hit=false\nmatched-key=\nhit=miss\n".into())
     );
+    // A dry run restores nothing and tells the job nothing.
+    assert_eq!(
+        run(&["restore", &out("dry"), "--key", "pre-1", "--dry-run"]),
+        (0, String::new())
+    );
+    // A restore that fails after the lookup must not tell the job it hit.
+    fs::create_dir_all(d.path().join("occupied")).unwrap();
+    fs::write(d.path().join("occupied/x"), b"x").unwrap();
+    assert_eq!(
+        run(&["restore", &out("occupied"), "--key", "pre-1"]),
+        (2, "cache-hit=false\nmatched-key=\nhit=miss\n".into())
+    );
 }
 
 #[test]
