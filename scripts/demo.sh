@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The README's demo: build envsnap, then save and restore a directory on the default store
-# ($ENVSNAP_STORE, else $XDG_CACHE_HOME/envsnap, else ~/.cache/envsnap).
+# The README's demo: build envsnap, then save and restore a directory and a Python virtualenv
+# on the default store ($ENVSNAP_STORE, else $XDG_CACHE_HOME/envsnap, else ~/.cache/envsnap).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
@@ -24,8 +24,19 @@ rm -rf "$work/project/build"
 "$envsnap" restore --key "demo-build-does-not-exist" --fallback "demo-build-$$"
 "$work/project/build/bin/tool"
 
+echo "== a Python virtualenv: save it, delete it, restore it at another path, run it"
+python3 -m venv "$work/app/.venv"
+# A console script with a shebang that holds the venv's absolute path (pip's own works offline).
+"$work/app/.venv/bin/pip" install -q --disable-pip-version-check cowsay 2>/dev/null || true
+"$envsnap" save venv "$work/app/.venv" --key "demo-venv-{os}-{python-minor}-$$"
+rm -rf "$work/app"
+"$envsnap" restore "$work/elsewhere/my venv" --key "demo-venv-{os}-{python-minor}-$$"
+"$work/elsewhere/my venv/bin/pip" --version
+if [ -x "$work/elsewhere/my venv/bin/cowsay" ]; then "$work/elsewhere/my venv/bin/cowsay" -t "restored"; fi
+(. "$work/elsewhere/my venv/bin/activate" && echo "activated: $VIRTUAL_ENV -> $(command -v python)")
+
 echo "== restore a copy elsewhere as JSON, then check the store"
 "$envsnap" --json restore "$work/copy" --key "demo-build-$$"
-"$envsnap" list demo-build-
+"$envsnap" list demo-
 "$envsnap" verify
 "$envsnap" gc --max-age 0s --keep-last 0 --dry-run
