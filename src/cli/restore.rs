@@ -71,11 +71,21 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
         snap.kind,
         dest.display()
     ));
+    let found = Found {
+        ctx,
+        store: &store,
+        a: &a,
+        snap: snap.clone(),
+        hit,
+        dest,
+        opts,
+        start,
+    };
     // Adapters restore their own kinds; everything else is a plain tree.
     let result = match snap.kind.as_str() {
-        "apt" => restore_apt(ctx, &store, &a, snap.clone(), hit, &opts),
-        envsnap::venv::KIND => restore_venv(ctx, &store, &a, snap.clone(), hit, &dest, &opts, start),
-        _ => restore_dir(ctx, &store, &a, snap.clone(), hit, &dest, &opts, start),
+        "apt" => restore_apt(&found),
+        envsnap::venv::KIND => restore_venv(&found),
+        _ => restore_dir(&found),
     };
     // $GITHUB_OUTPUT says "hit" only once the tree is in place; a failed or refused restore
     // (an adapter's miss, an error) reports a miss so the job reinstalls. A dry run restores
@@ -86,6 +96,28 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
         _ => github_output(&MISS_OUTPUTS)?,
     }
     result
+}
+
+/// A snapshot found for a restore, and everything the kind-specific restore needs.
+struct Found<'a> {
+    ctx: &'a Ctx,
+    store: &'a Store,
+    a: &'a RestoreArgs,
+    snap: SnapshotRow,
+    hit: Hit,
+    dest: PathBuf,
+    opts: RestoreOptions,
+    start: Instant,
+}
+
+impl Found<'_> {
+    /// The JSON fields every kind of restore reports.
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "hit": self.hit.as_str(), "key": self.a.key, "matched_key": self.snap.key,
+            "kind": self.snap.kind, "dry_run": self.a.dry_run,
+        })
+    }
 }
 
 const MISS_OUTPUTS: [(&str, &str); 3] = [("cache-hit", "false"), ("matched-key", ""), ("hit", "miss")];
@@ -114,24 +146,30 @@ pub fn hit_outputs(hit: Hit, snap: &SnapshotRow) -> Result<()> {
     ])
 }
 
-#[allow(clippy::too_many_arguments)]
-fn restore_dir(
-    ctx: &Ctx,
-    store: &Store,
-    a: &RestoreArgs,
-    snap: SnapshotRow,
-    hit: Hit,
-    dest: &std::path::Path,
-    opts: &RestoreOptions,
-    start: Instant,
-) -> Result<Outcome> {
+fn restore_dir(f: &Found) -> Result<Outcome> {
+    let Found {
+        ctx,
+        store,
+        a,
+        snap,
+        hit,
+        dest,
+        opts,
+        start,
+    } = f;
     let manifest = store.manifest(snap.id)?;
-    let plan = restore::plan(&snap, manifest, dest, opts)?;
-    let mut out = json!({
-        "hit": hit.as_str(), "key": a.key, "matched_key": snap.key, "kind": snap.kind,
-        "path": plan.dest, "files": plan.files, "dirs": plan.dirs, "symlinks": plan.symlinks,
-        "bytes": plan.bytes, "dry_run": a.dry_run, "replaces": plan.replaces,
-    });
+    let plan = restore::plan(snap, manifest, dest, opts)?;
+    let mut out = f.json();
+    for (k, v) in [
+        ("path", json!(plan.dest)),
+        ("files", json!(plan.files)),
+        ("dirs", json!(plan.dirs)),
+        ("symlinks", json!(plan.symlinks)),
+        ("bytes", json!(plan.bytes)),
+        ("replaces", json!(plan.replaces)),
+    ] {
+        out[k] = v;
+    }
     if a.dry_run {
         ctx.ui.info(format!(
             "dry run: would restore {} ({} hit) to {}: {} files, {} dirs, {} symlinks, {}, link {}{}",
@@ -177,21 +215,21 @@ fn restore_dir(
     Ok(Outcome::Done)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn restore_venv(
-    ctx: &Ctx,
-    store: &Store,
-    a: &RestoreArgs,
-    snap: SnapshotRow,
-    hit: Hit,
-    dest: &std::path::Path,
-    opts: &RestoreOptions,
-    start: Instant,
-) -> Result<Outcome> {
+fn restore_venv(f: &Found) -> Result<Outcome> {
+    let Found {
+        ctx,
+        store,
+        a,
+        snap,
+        hit,
+        dest,
+        opts,
+        start,
+    } = f;
     let bar = ctx.ui.progress();
     let r = envsnap::venv::restore(
         store,
-        &snap,
+        snap,
         dest,
         opts,
         a.python.as_deref(),
@@ -255,38 +293,47 @@ fn restore_venv(
         }
     }
     let fix = r.fixups.as_ref();
-    ctx.ui.emit_json(&json!({
-        "hit": hit.as_str(), "key": a.key, "matched_key": snap.key, "kind": snap.kind,
-        "path": dest, "files": r.files, "dirs": r.dirs, "symlinks": r.symlinks, "bytes": r.bytes,
-        "dry_run": a.dry_run, "replaces": r.replaces, "link": r.link, "seconds": secs,
-        "interpreter": r.interpreter,
-        "rewritten": fix.map(|f| json!(f.rewritten)).unwrap_or(json!([])),
-        "warnings": fix.map(|f| json!(f.warnings)).unwrap_or(json!([])),
-        "fixup_seconds": fix.map(|f| f.fixup_seconds),
-        "smoke_seconds": fix.map(|f| f.smoke_seconds),
-    }));
+    let mut out = f.json();
+    for (k, v) in [
+        ("path", json!(dest)),
+        ("files", json!(r.files)),
+        ("dirs", json!(r.dirs)),
+        ("symlinks", json!(r.symlinks)),
+        ("bytes", json!(r.bytes)),
+        ("replaces", json!(r.replaces)),
+        ("link", json!(r.link)),
+        ("seconds", json!(secs)),
+        ("interpreter", json!(r.interpreter)),
+        ("rewritten", fix.map(|f| json!(f.rewritten)).unwrap_or(json!([]))),
+        ("warnings", fix.map(|f| json!(f.warnings)).unwrap_or(json!([]))),
+        ("fixup_seconds", json!(fix.map(|f| f.fixup_seconds))),
+        ("smoke_seconds", json!(fix.map(|f| f.smoke_seconds))),
+    ] {
+        out[k] = v;
+    }
+    ctx.ui.emit_json(&out);
     Ok(Outcome::Done)
 }
 
 /// apt snapshots are merged into a live system root, not staged as a tree.
-fn restore_apt(
-    ctx: &Ctx,
-    store: &Store,
-    a: &RestoreArgs,
-    snap: SnapshotRow,
-    hit: Hit,
-    opts: &RestoreOptions,
-) -> Result<Outcome> {
-    let r = envsnap::apt::restore(store, &snap, a.path.as_deref(), opts, a.dry_run)?;
+fn restore_apt(f: &Found) -> Result<Outcome> {
+    let Found {
+        ctx,
+        store,
+        a,
+        snap,
+        opts,
+        ..
+    } = f;
+    let r = envsnap::apt::restore(store, snap, a.path.as_deref(), opts, a.dry_run)?;
     if !a.dry_run {
         store.mark_restored(snap.id)?;
     }
     super::apt::print_restore(ctx, &snap.key, &r);
     let mut out = serde_json::to_value(&r).unwrap_or_default();
-    out["hit"] = json!(hit.as_str());
-    out["key"] = json!(a.key);
-    out["matched_key"] = json!(snap.key);
-    out["kind"] = json!("apt");
+    if let (Some(o), serde_json::Value::Object(common)) = (out.as_object_mut(), f.json()) {
+        o.extend(common);
+    }
     ctx.ui.emit_json(&out);
     Ok(Outcome::Done)
 }
