@@ -328,11 +328,17 @@ fn hardlinked_restore_with_fixups_leaves_store_objects_untouched() {
 /// A venv made from `…/hostedtoolcache/Python/3.11.7/x64/bin/python3.11`, saved, and that
 /// interpreter removed (a new runner image).
 fn toolcache_venv(t: &Path, store: &Path, key: &str) -> PathBuf {
+    toolcache_venv_with(t, store, key, &[])
+}
+
+fn toolcache_venv_with(t: &Path, store: &Path, key: &str, venv_args: &[&str]) -> PathBuf {
     let x64 = t.join("hostedtoolcache/Python/3.11.7/x64");
     std::fs::create_dir_all(x64.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink("/root/.pyenv/versions/3.11.7", &x64).unwrap();
     let venv = t.join("proj/.venv");
-    ok(cmd(x64.join("bin/python3.11"), &[&"-m", &"venv", &venv]));
+    let mut c = Command::new(x64.join("bin/python3.11"));
+    c.args(["-m", "venv"]).args(venv_args).arg(&venv);
+    ok(c);
     pip_install(&venv, &["six"]);
     let cfg = std::fs::read_to_string(venv.join("pyvenv.cfg")).unwrap();
     assert!(cfg.contains("hostedtoolcache"), "{cfg}");
@@ -432,10 +438,8 @@ fn other_minor_version_is_a_miss_and_writes_nothing() {
 fn copies_venv_gets_a_copy_of_the_new_interpreter() {
     let t = scratch();
     let store = t.path().join("store");
-    let orig = t.path().join("orig");
-    ok(cmd(PY311, &[&"-m", &"venv", &"--copies", &orig]));
-    pip_install(&orig, &["six"]);
-    save(&store, &orig, "venv-copies");
+    // The original interpreter is gone, so --python is used.
+    toolcache_venv_with(t.path(), &store, "venv-copies", &["--copies"]);
     let dest = t.path().join("v2");
     let r = restore(&store, "venv-copies", &dest, &["--python", DEBIAN_PY311]);
     assert!(rewritten_paths(&r).iter().any(|p| p == "bin/python3.11"), "{r}");
@@ -586,5 +590,80 @@ fn py38_venv_records_its_base_interpreter_not_its_own_python() {
     let dest = t.path().join("moved 38");
     let r = restore(&store, "venv-38", &dest, &[]);
     assert_eq!(r["interpreter"]["reason"], "original");
+    assert_eq!(sys_prefix(&dest), dest.display().to_string());
+}
+
+#[test]
+fn original_interpreter_still_present_wins_over_explicit_python() {
+    let t = scratch();
+    let store = t.path().join("store");
+    let orig = t.path().join("orig");
+    ok(cmd(PY311, &[&"-m", &"venv", &"--without-pip", &orig]));
+    save(&store, &orig, "venv-orig-first");
+    let dest = t.path().join("moved");
+    let r = restore(&store, "venv-orig-first", &dest, &["--python", DEBIAN_PY311]);
+    assert_eq!(r["interpreter"]["reason"], "original", "{r}");
+    assert_eq!(r["interpreter"]["path"], PY311);
+    assert_eq!(cfg_get(&dest, "home"), PY311_HOME);
+    assert_eq!(
+        std::fs::read_link(dest.join("bin/python3.11")).unwrap(),
+        Path::new(PY311)
+    );
+    assert_eq!(sys_prefix(&dest), dest.display().to_string());
+}
+
+/// Runs `envsnap` with Debian's `/usr/bin/python3.11` unusable (a private mount namespace
+/// bind-mounts /dev/null over it): the runner image no longer has the original.
+fn envsnap_without_debian_python(store: &Path) -> Command {
+    let mut c = Command::new("unshare");
+    c.args([
+        "-m",
+        "sh",
+        "-c",
+        "mount --bind /dev/null /usr/bin/python3.11 && exec \"$0\" \"$@\"",
+    ])
+    .arg(env!("CARGO_BIN_EXE_envsnap"))
+    .arg("--store")
+    .arg(store)
+    .env_remove("ENVSNAP_STORE")
+    .env_remove("GITHUB_OUTPUT");
+    c
+}
+
+#[test]
+fn debian_usr_home_and_prefix_do_not_rewrite_unrelated_usr_paths() {
+    let t = scratch();
+    let store = t.path().join("store");
+    let venv = t.path().join("deb");
+    ok(cmd(DEBIAN_PY311, &[&"-m", &"venv", &venv]));
+    pip_install(&venv, &["six"]);
+    assert_eq!(cfg_get(&venv, "home"), "/usr/bin");
+    let unrelated = "#!/usr/bin/env python3\nDATA = \"/usr/share/foo\"\nSRC = \"/usr/src/app\"\nprint(DATA)\n";
+    let sp = venv.join("lib/python3.11/site-packages");
+    std::fs::write(sp.join("zz_unrelated.py"), unrelated).unwrap();
+    std::fs::write(venv.join("bin/zz-tool"), unrelated).unwrap();
+    std::fs::write(sp.join("zz_src.pth"), "/usr/src/app\n").unwrap();
+    save(&store, &venv, "venv-deb");
+    let dest = t.path().join("deb2");
+    let mut c = envsnap_without_debian_python(&store);
+    c.args(["--json", "restore", "--key", "venv-deb"])
+        .arg(&dest)
+        .args(["--python", PY311]);
+    let r = json(&ok(c));
+    assert_eq!(r["interpreter"]["reason"], "explicit", "{r}");
+    assert_eq!(cfg_get(&dest, "home"), PY311_HOME);
+    let sp2 = dest.join("lib/python3.11/site-packages");
+    assert_eq!(std::fs::read_to_string(sp2.join("zz_unrelated.py")).unwrap(), unrelated);
+    assert_eq!(std::fs::read_to_string(dest.join("bin/zz-tool")).unwrap(), unrelated);
+    assert_eq!(
+        std::fs::read_to_string(sp2.join("zz_src.pth")).unwrap(),
+        "/usr/src/app\n"
+    );
+    let v = ok(cmd(
+        dest.join("bin/python"),
+        &[&"-c", &"import platform, six, ssl; print(platform.python_version())"],
+    ));
+    assert_eq!(v.trim(), "3.11.7");
+    ok(cmd(dest.join("bin/pip"), &[&"--version"]));
     assert_eq!(sys_prefix(&dest), dest.display().to_string());
 }

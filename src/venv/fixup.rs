@@ -32,16 +32,10 @@ impl Rewriter {
     pub fn new(old_roots: &[Vec<u8>], new_root: &Path, interp: Option<(&Interpreter, &Interpreter)>) -> Self {
         let mut interps: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         if let Some((o, n)) = interp {
-            let pairs = [
-                (Some(&o.executable), Some(&n.executable)),
-                (Some(&o.home), Some(&n.home)),
-                (o.base_prefix.as_ref(), n.base_prefix.as_ref()),
-                (o.base_exec_prefix.as_ref(), n.base_exec_prefix.as_ref()),
-            ];
-            for (a, b) in pairs {
+            for (a, b) in interp_slots(o).into_iter().zip(interp_slots(n)) {
                 if let (Some(a), Some(b)) = (a, b) {
-                    if a != b && !a.as_os_str().is_empty() && !b.as_os_str().is_empty() {
-                        interps.push((bytes(a).to_vec(), bytes(b).to_vec()));
+                    if a != b && !interps.iter().any(|p| p.0 == a) {
+                        interps.push((a, b));
                     }
                 }
             }
@@ -135,6 +129,53 @@ impl Rewriter {
         out.extend_from_slice(&s[last..]);
         (out, n)
     }
+}
+
+/// The interpreter paths a venv's files may name, in a fixed order so the slots of the old
+/// and the new interpreter pair up. Never `home` or a prefix on its own: for a distro python
+/// those are `/usr/bin` and `/usr`, and `#!/usr/bin/env python3` or `/usr/share/...` are not
+/// the interpreter's. Only the executable itself and the interpreter-owned paths below them.
+pub fn interp_slots(i: &Interpreter) -> Vec<Option<Vec<u8>>> {
+    fn join(dir: &Path, rel: &str) -> Option<Vec<u8>> {
+        let d = bytes(dir);
+        if d.is_empty() || !d.starts_with(b"/") {
+            return None;
+        }
+        let mut v = d.to_vec();
+        while v.len() > 1 && v.ends_with(b"/") {
+            v.pop();
+        }
+        if v.len() > 1 {
+            v.push(b'/');
+        }
+        v.extend_from_slice(rel.as_bytes());
+        Some(v)
+    }
+    let minor = i.minor();
+    let major = minor.split('.').next().unwrap_or("3").to_string();
+    let exe = bytes(&i.executable);
+    let mut out = vec![(!exe.is_empty() && exe.starts_with(b"/")).then(|| exe.to_vec())];
+    let names = [
+        "python".to_string(),
+        format!("python{major}"),
+        format!("python{minor}"),
+        "pypy".to_string(),
+        format!("pypy{major}"),
+        format!("pypy{minor}"),
+    ];
+    for n in &names {
+        out.push(join(&i.home, n));
+    }
+    for p in [&i.base_prefix, &i.base_exec_prefix] {
+        let p = p.as_deref();
+        for rel in [format!("lib/python{minor}"), format!("include/python{minor}")]
+            .into_iter()
+            .chain(names.iter().map(|n| format!("bin/{n}")))
+        {
+            out.push(p.and_then(|p| join(p, &rel)));
+        }
+    }
+    out
 }
 
 fn is_shell_safe(b: u8) -> bool {
@@ -296,66 +337,116 @@ fn rewrite_binary(content: &[u8], rw: &Rewriter) -> Outcome {
     if rw.new_root.len() > rw.old_root_len {
         return Outcome::BinaryTooLong(hits.len() as u32);
     }
+    if hits
+        .iter()
+        .any(|&(_, k)| rw.new_root.len() > rw.needles.needle(k).len())
+    {
+        return Outcome::BinaryTooLong(hits.len() as u32);
+    }
+    // Group the hits by the C string (up to its NUL) holding them: an rpath such as
+    // `/w/venv/a:/w/venv/b` holds the root twice. Each string is rebuilt once, with every
+    // occurrence replaced, and NUL-padded once at its end.
     let mut out = content.to_vec();
-    for &(pos, k) in &hits {
-        let old_len = rw.needles.needle(k).len();
-        if rw.new_root.len() > old_len {
-            return Outcome::BinaryTooLong(hits.len() as u32);
-        }
-        let end = content[pos..]
+    let mut i = 0;
+    while i < hits.len() {
+        let start = hits[i].0;
+        let end = content[start..]
             .iter()
             .position(|&b| b == 0)
-            .map_or(content.len(), |p| pos + p);
-        let mut seg = rw.new_root.clone();
-        seg.extend_from_slice(&content[pos + old_len..end]);
-        seg.resize(end - pos, 0);
-        out[pos..end].copy_from_slice(&seg);
+            .map_or(content.len(), |p| start + p);
+        let mut seg = Vec::with_capacity(end - start);
+        let mut last = start;
+        while i < hits.len() && hits[i].0 < end {
+            let (pos, k) = hits[i];
+            seg.extend_from_slice(&content[last..pos]);
+            seg.extend_from_slice(&rw.new_root);
+            last = pos + rw.needles.needle(k).len();
+            i += 1;
+        }
+        seg.extend_from_slice(&content[last..end]);
+        seg.resize(end - start, 0);
+        out[start..end].copy_from_slice(&seg);
     }
     Outcome::Changed(out, Action::BinaryPadded, hits.len() as u32)
 }
 
 /// Replace `path` with `content`, keeping mode, owner and mtime (and the parent's mtime).
 pub fn replace_file(path: &Path, content: &[u8]) -> Result<()> {
-    let md = std::fs::symlink_metadata(path).map_err(|e| Error::io("stat", path, e))?;
-    let parent = path.parent().unwrap_or(Path::new("."));
-    let pmd = std::fs::metadata(parent).map_err(|e| Error::io("stat", parent, e))?;
-    let tmp = tmp_name(path);
-    std::fs::write(&tmp, content).map_err(|e| Error::io("write", &tmp, e))?;
-    finish_replace(&tmp, path, &md, &pmd)
+    replace_atomically(path, NewContent::Bytes(content))
 }
 
 /// Replace `path` with a copy of `src` (a new interpreter binary for `--copies` venvs).
 pub fn replace_with_copy(path: &Path, src: &Path) -> Result<()> {
+    replace_atomically(path, NewContent::CopyOf(src))
+}
+
+/// What replaces a file.
+enum NewContent<'a> {
+    Bytes(&'a [u8]),
+    CopyOf(&'a Path),
+    Symlink(&'a Path),
+}
+
+/// The one way the venv module replaces anything in a staged tree: the new entry is created
+/// under a fresh random name in the same directory (`O_EXCL`, so a planted entry of any name
+/// is never followed or written through), gets the old entry's mode, owner and mtime, and is
+/// renamed over it. The old inode (possibly a store object) is never modified, and the
+/// parent directory's mtime is restored.
+fn replace_atomically(path: &Path, new: NewContent<'_>) -> Result<()> {
+    use std::io::Write;
     let md = std::fs::symlink_metadata(path).map_err(|e| Error::io("stat", path, e))?;
-    let parent = path.parent().unwrap_or(Path::new("."));
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
     let pmd = std::fs::metadata(parent).map_err(|e| Error::io("stat", parent, e))?;
-    let tmp = tmp_name(path);
-    std::fs::copy(src, &tmp).map_err(|e| Error::io("copy", src, e))?;
-    finish_replace(&tmp, path, &md, &pmd)
-}
-
-fn tmp_name(path: &Path) -> PathBuf {
-    let mut n = path.file_name().unwrap_or_default().to_os_string();
-    n.push(".envsnap-fixup");
-    path.with_file_name(n)
-}
-
-fn finish_replace(tmp: &Path, path: &Path, md: &std::fs::Metadata, pmd: &std::fs::Metadata) -> Result<()> {
-    let res = (|| {
-        std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(md.mode() & 0o7777))
-            .map_err(|e| Error::io("chmod", tmp, e))?;
-        if unsafe { libc::geteuid() } == 0 {
-            std::os::unix::fs::lchown(tmp, Some(md.uid()), Some(md.gid())).map_err(|e| Error::io("chown", tmp, e))?;
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(path.file_name().unwrap_or_default());
+    prefix.push(".envsnap-");
+    let mut b = tempfile::Builder::new();
+    b.prefix(&prefix);
+    let tmp = match new {
+        NewContent::Bytes(content) => {
+            let mut f = b
+                .tempfile_in(parent)
+                .map_err(|e| Error::io("create temp file in", parent, e))?;
+            f.write_all(content)
+                .and_then(|_| f.flush())
+                .map_err(|e| Error::io("write", f.path(), e))?;
+            f.into_temp_path()
         }
-        let mt = filetime::FileTime::from_last_modification_time(md);
-        filetime::set_file_mtime(tmp, mt).map_err(|e| Error::io("set mtime of", tmp, e))?;
-        std::fs::rename(tmp, path).map_err(|e| Error::io("rename onto", path, e))
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(tmp);
+        NewContent::CopyOf(src) => {
+            let mut f = b
+                .tempfile_in(parent)
+                .map_err(|e| Error::io("create temp file in", parent, e))?;
+            let mut r = std::fs::File::open(src).map_err(|e| Error::io("open", src, e))?;
+            std::io::copy(&mut r, f.as_file_mut()).map_err(|e| Error::io("copy", src, e))?;
+            f.into_temp_path()
+        }
+        NewContent::Symlink(target) => b
+            .make_in(parent, |p| std::os::unix::fs::symlink(target, p))
+            .map_err(|e| Error::io("create symlink in", parent, e))?
+            .into_temp_path(),
+    };
+    let is_link = matches!(new, NewContent::Symlink(_));
+    let t: &Path = &tmp;
+    if !is_link {
+        std::fs::set_permissions(t, std::fs::Permissions::from_mode(md.mode() & 0o7777))
+            .map_err(|e| Error::io("chmod", t, e))?;
     }
-    res?;
-    restore_dir_mtime(path.parent().unwrap_or(Path::new(".")), pmd);
+    if unsafe { libc::geteuid() } == 0 {
+        std::os::unix::fs::lchown(t, Some(md.uid()), Some(md.gid())).map_err(|e| Error::io("chown", t, e))?;
+    }
+    let mt = filetime::FileTime::from_last_modification_time(&md);
+    if is_link {
+        let at = filetime::FileTime::from_last_access_time(&md);
+        filetime::set_symlink_file_times(t, at, mt).map_err(|e| Error::io("set mtime of", t, e))?;
+    } else {
+        filetime::set_file_mtime(t, mt).map_err(|e| Error::io("set mtime of", t, e))?;
+    }
+    // On error the temp entry is removed when `tmp` drops.
+    tmp.persist(path).map_err(|e| Error::io("rename onto", path, e.error))?;
+    restore_dir_mtime(parent, &pmd);
     Ok(())
 }
 
@@ -397,10 +488,8 @@ pub fn retarget_pythons(venv: &Path, new: &Interpreter, changed: bool) -> Result
             if internal || target == new.executable || (!changed && p.exists()) {
                 continue;
             }
-            let tmp = tmp_name(&p);
-            let _ = std::fs::remove_file(&tmp);
-            std::os::unix::fs::symlink(&new.executable, &tmp).map_err(|e| Error::io("create symlink", &tmp, e))?;
-            std::fs::rename(&tmp, &p).map_err(|e| Error::io("rename onto", &p, e))?;
+            // Keeps the snapshot's mtime on the new link.
+            replace_atomically(&p, NewContent::Symlink(&new.executable))?;
             out.push(Rewritten {
                 path: format!("bin/{s}"),
                 action: Action::PythonRelinked,
@@ -510,14 +599,18 @@ pub fn missing_editables(venv: &Path) -> Vec<(String, PathBuf)> {
     out.into_iter().collect()
 }
 
+/// `%XX` decoding on bytes (a `%` before non-ASCII or non-hex text is kept literally).
 fn percent_decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(h << 4 | l);
                 i += 3;
                 continue;
             }
@@ -645,5 +738,116 @@ mod tests {
     fn python_names() {
         assert!(is_python_name("python") && is_python_name("python3.11") && is_python_name("pypy3"));
         assert!(!is_python_name("python-config") && !is_python_name("pythonw"));
+    }
+
+    fn debian_and_pyenv() -> (Interpreter, Interpreter) {
+        let old = Interpreter {
+            executable: "/usr/bin/python3.11".into(),
+            home: "/usr/bin".into(),
+            base_prefix: Some("/usr".into()),
+            base_exec_prefix: Some("/usr".into()),
+            version: "3.11.2".into(),
+            ..Default::default()
+        };
+        let new = Interpreter {
+            executable: "/p/3.11.7/bin/python3.11".into(),
+            home: "/p/3.11.7/bin".into(),
+            base_prefix: Some("/p/3.11.7".into()),
+            base_exec_prefix: Some("/p/3.11.7".into()),
+            version: "3.11.7".into(),
+            ..Default::default()
+        };
+        (old, new)
+    }
+
+    #[test]
+    fn debian_usr_home_and_prefix_do_not_rewrite_unrelated_usr_paths() {
+        let (old, new) = debian_and_pyenv();
+        let r = Rewriter::new(&[b"/w/venv".to_vec()], Path::new("/w/venv"), Some((&old, &new)));
+        let unrelated = "#!/usr/bin/env python3\nDATA = '/usr/share/foo'\nSRC = '/usr/src/app'\nX = '/usr/bin/python3-config /usr/lib/x86_64-linux-gnu'\n";
+        assert!(matches!(
+            rewrite_content("lib/python3.11/site-packages/m.py", unrelated.as_bytes(), &r),
+            Outcome::Unchanged
+        ));
+        let owned = "#!/usr/bin/python3.11 -E\nA = '/usr/bin/python3'\nB = '/usr/lib/python3.11/site-packages'\nC = '/usr/include/python3.11'\n";
+        let (s, a) = changed(rewrite_content("bin/tool", owned.as_bytes(), &r));
+        assert_eq!(a, Action::Shebang);
+        assert_eq!(
+            s,
+            "#!/p/3.11.7/bin/python3.11 -E\nA = '/p/3.11.7/bin/python3'\nB = '/p/3.11.7/lib/python3.11/site-packages'\nC = '/p/3.11.7/include/python3.11'\n"
+        );
+    }
+
+    #[test]
+    fn binary_c_string_holding_the_root_twice_is_rewritten_whole() {
+        let bin = b"\x7fELF\x00/w/venv/a:/w/venv/b\x00tail\x00";
+        match rewrite_content("lib/a.so", bin, &rw("/v")) {
+            Outcome::Changed(b, Action::BinaryPadded, 2) => {
+                assert_eq!(b.len(), bin.len());
+                let mut want = b"\x7fELF\x00/v/a:/v/b".to_vec();
+                want.resize(5 + "/w/venv/a:/w/venv/b".len(), 0);
+                want.extend_from_slice(b"\x00tail\x00");
+                assert_eq!(b, want);
+            }
+            _ => panic!(),
+        }
+    }
+
+    #[test]
+    fn replace_file_does_not_follow_a_planted_envsnap_fixup_symlink() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = t.path().join("outside");
+        std::fs::write(&outside, "secret").unwrap();
+        let dir = t.path().join("venv/bin");
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("pip");
+        std::fs::write(&f, "old").unwrap();
+        let planted = dir.join("pip.envsnap-fixup");
+        std::os::unix::fs::symlink(&outside, &planted).unwrap();
+        replace_file(&f, b"new").unwrap();
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "new");
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "secret");
+        assert_eq!(std::fs::read_link(&planted).unwrap(), outside);
+        // A planted name next to a copy target is not written through either.
+        replace_with_copy(&f, &outside).unwrap();
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "secret");
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["pip", "pip.envsnap-fixup"], "no temp files left");
+    }
+
+    #[test]
+    fn percent_decode_does_not_panic_on_percent_before_non_ascii() {
+        assert_eq!(percent_decode("/src/a%é/b"), "/src/a%é/b");
+        // the old &str slicing cut these inside a multi-byte character
+        assert_eq!(percent_decode("/src/%aé"), "/src/%aé");
+        assert_eq!(percent_decode("/src/%€x"), "/src/%€x");
+        assert_eq!(percent_decode("/a%20b%2"), "/a b%2");
+        assert_eq!(percent_decode("/%C3%A9%zz"), "/é%zz");
+    }
+
+    #[test]
+    fn relinked_python_symlink_keeps_its_snapshot_mtime() {
+        let t = tempfile::tempdir().unwrap();
+        let bin = t.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let exe = t.path().join("newpy");
+        std::fs::write(&exe, "").unwrap();
+        let link = bin.join("python3.11");
+        std::os::unix::fs::symlink("/nonexistent/python3.11", &link).unwrap();
+        let mt = filetime::FileTime::from_unix_time(1_600_000_000, 0);
+        filetime::set_symlink_file_times(&link, mt, mt).unwrap();
+        let new = Interpreter {
+            executable: exe.clone(),
+            ..Default::default()
+        };
+        let out = retarget_pythons(t.path(), &new, true).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(std::fs::read_link(&link).unwrap(), exe);
+        let md = std::fs::symlink_metadata(&link).unwrap();
+        assert_eq!(filetime::FileTime::from_last_modification_time(&md), mt);
     }
 }

@@ -75,8 +75,9 @@ pub fn choose(
     venv_dest: &Path,
 ) -> Result<Choice> {
     let need = format!("{} {}", pretty_impl(&want.implementation), want.minor());
-    // 1. The original, if it still exists and matches.
-    if explicit.is_none() && want.executable.exists() {
+    // 1. The original, if it still exists and matches (even with --python: the venv already
+    //    names it, so nothing needs rewriting).
+    if want.executable.exists() {
         if let Ok(i) = resolve(&want.executable, None) {
             if compatible(want, &i) {
                 // Keep the recorded paths: they are what the files already name.

@@ -53,16 +53,11 @@ impl VenvMeta {
     }
 }
 
-/// Interpreter paths a venv's files may name (longest match wins in the scanner).
+/// Interpreter paths a venv's files may name (longest match wins in the scanner): the
+/// executable and interpreter-owned paths under `home` and the prefixes, never those
+/// directories on their own (see [`fixup::interp_slots`]).
 fn interp_paths(i: &Interpreter) -> Vec<Vec<u8>> {
-    let mut v = vec![
-        i.executable.as_os_str().as_bytes().to_vec(),
-        i.home.as_os_str().as_bytes().to_vec(),
-    ];
-    for p in [&i.base_prefix, &i.base_exec_prefix].into_iter().flatten() {
-        v.push(p.as_os_str().as_bytes().to_vec());
-    }
-    v
+    fixup::interp_slots(i).into_iter().flatten().collect()
 }
 
 /// Absolute without resolving symlinks.
