@@ -19,6 +19,7 @@ pub mod gc;
 pub mod index;
 pub mod key;
 pub mod lock;
+pub mod process;
 pub mod progress;
 pub mod repo;
 pub mod restore;

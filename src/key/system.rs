@@ -162,22 +162,22 @@ pub fn python_info(cmd: &Path) -> Result<PythonInfo> {
     })
 }
 
+/// A probe must answer within this long (a pyenv shim resolving a missing version can hang).
+const RUN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 fn run(cmd: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new(cmd)
-        .args(args)
+    let mut c = Command::new(cmd);
+    c.args(args)
         .stdin(std::process::Stdio::null())
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let (ok, stdout, stderr) = crate::process::run_with_timeout(c, RUN_TIMEOUT)
         .map_err(|e| Error::Usage(format!("cannot run {}: {e}", cmd.display())))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(Error::Usage(format!(
-            "{} failed ({}): {}",
-            cmd.display(),
-            out.status,
-            err.trim()
-        )));
+    if !ok {
+        let err = String::from_utf8_lossy(&stderr);
+        return Err(Error::Usage(format!("{} failed: {}", cmd.display(), err.trim())));
     }
-    String::from_utf8(out.stdout).map_err(|_| Error::Usage(format!("{}: output is not UTF-8", cmd.display())))
+    String::from_utf8(stdout).map_err(|_| Error::Usage(format!("{}: output is not UTF-8", cmd.display())))
 }
 
 /// Installed packages of the dpkg database under `root` (`/` for the running

@@ -1,9 +1,8 @@
 //! What a venv is made of: `pyvenv.cfg`, and the interpreter behind it (probed by running
 //! Python with a timeout, or read from `pyvenv.cfg` when it cannot run).
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -162,45 +161,7 @@ pub fn probe(python: &Path) -> Result<Probe> {
     })
 }
 
-/// (success, stdout, stderr); kills the child on timeout.
-pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> std::io::Result<(bool, Vec<u8>, Vec<u8>)> {
-    let mut child = cmd.spawn()?;
-    let mut so = child.stdout.take();
-    let mut se = child.stderr.take();
-    // Drain pipes on threads so a chatty child cannot block on a full pipe.
-    let t1 = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        if let Some(s) = so.as_mut() {
-            let _ = s.read_to_end(&mut b);
-        }
-        b
-    });
-    let t2 = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        if let Some(s) = se.as_mut() {
-            let _ = s.read_to_end(&mut b);
-        }
-        b
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait()? {
-            break st;
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("timed out after {timeout:?}"),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let out = t1.join().unwrap_or_default();
-    let err = t2.join().unwrap_or_default();
-    Ok((status.success(), out, err))
-}
+pub use crate::process::run_with_timeout;
 
 /// `pyvenv.cfg` as ordered key/value lines (keys lower-cased and trimmed, like `site.py`).
 #[derive(Clone, Debug, Default)]
