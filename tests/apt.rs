@@ -183,13 +183,23 @@ impl Chroot {
         ));
         self.keep_archives();
     }
-    /// (path -> size, mtime, mode) of everything apt may touch: detects any write.
-    fn fingerprint(&self) -> BTreeMap<PathBuf, (u64, i64, u32)> {
+    /// (path -> inode, size, mode, mtime, ctime) of everything apt may touch: detects any write,
+    /// including a rename over a path (new inode) or a rewrite within the same second (ctime ns).
+    fn fingerprint(&self) -> BTreeMap<PathBuf, [i64; 7]> {
         let mut m = BTreeMap::new();
         for top in ["usr", "etc", "var/lib", "var/cache/debconf"] {
             for e in walkdir::WalkDir::new(self.root.join(top)).into_iter().flatten() {
                 if let Ok(md) = e.path().symlink_metadata() {
-                    m.insert(e.path().to_path_buf(), (md.size(), md.mtime(), md.mode()));
+                    let v = [
+                        md.ino() as i64,
+                        md.size() as i64,
+                        md.mode() as i64,
+                        md.mtime(),
+                        md.mtime_nsec(),
+                        md.ctime(),
+                        md.ctime_nsec(),
+                    ];
+                    m.insert(e.path().to_path_buf(), v);
                 }
             }
         }
@@ -380,6 +390,19 @@ fn save_apt_without_baseline_explains_begin() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("envsnap apt begin"));
 }
 
+/// Temporary names (`.<name>.envsnap-<pid>-…`) under ROOT's usr, etc and var/lib.
+fn temp_leftovers(root: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for top in ["usr", "etc", "var/lib"] {
+        for e in walkdir::WalkDir::new(root.join(top)).into_iter().flatten() {
+            if e.file_name().to_string_lossy().contains(".envsnap-") {
+                v.push(e.path().to_path_buf());
+            }
+        }
+    }
+    v
+}
+
 #[test]
 fn killed_restore_can_be_rerun() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -387,19 +410,63 @@ fn killed_restore_can_be_rerun() {
     let store = snapshot_store(&tar);
     let c = fresh(&tar);
     let r = c.root.to_str().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_envsnap"))
+    // A temp file of an earlier killed restore (pid that cannot exist: above pid_max's limit).
+    let stale = c.root.join("usr/bin/.jq.envsnap-2147483646-0");
+    std::fs::write(&stale, b"partial").unwrap();
+    let status = c.root.join("var/lib/dpkg/status");
+    let status_before = std::fs::read(&status).unwrap();
+    let before = c.fingerprint();
+    // The test hook makes the restore exit (status 137, no cleanup) right after placing 40
+    // payload files: a deterministic stand-in for SIGKILL midway.
+    let out = run(Command::new(env!("CARGO_BIN_EXE_envsnap"))
+        .env("ENVSNAP_TEST_ABORT_AFTER_FILES", "40")
         .arg("--store")
         .arg(store)
-        .args(["restore", r, "--key", KEY])
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(400));
-    let _ = child.kill(); // SIGKILL: no cleanup at all
-    let _ = child.wait();
-    // Whatever state it left, dpkg is consistent and a second run completes the restore.
+        .args(["restore", r, "--key", KEY]));
+    assert_eq!(out.status.code(), Some(137), "{}", String::from_utf8_lossy(&out.stderr));
+    // Partial state: payload files were written, dpkg's status was not merged yet.
+    let after = c.fingerprint();
+    let changed = after.iter().filter(|(p, v)| before.get(*p) != Some(v)).count();
+    assert!(changed >= 40, "only {changed} paths changed before the abort");
+    assert_eq!(
+        std::fs::read(&status).unwrap(),
+        status_before,
+        "status merged before the payload was complete"
+    );
+    assert!(!c.sh("dpkg -s jq").status.success(), "jq already recorded as installed");
     assert!(c.sh_ok("dpkg --audit").trim().is_empty());
+    // A second run completes the restore and clears temp names of dead restores.
     envsnap_ok(store, &["restore", r, "--key", KEY]);
     assert_installed(&c);
+    assert!(!stale.exists(), "stale temp file of a dead restore left in place");
+    assert_eq!(temp_leftovers(&c.root), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn missing_base_dependency_is_a_miss() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(tar) = ready() else { return };
+    let store = snapshot_store(&tar);
+    let c = fresh(&tar);
+    // zlib1g is in the minbase base (dpkg needs it) and graphviz's libraries depend on it; make
+    // the target lack it the way dpkg would see it: no status stanza.
+    let status = c.root.join("var/lib/dpkg/status");
+    let s = std::fs::read_to_string(&status).unwrap();
+    let kept: Vec<&str> = s
+        .split("\n\n")
+        .filter(|st| !st.starts_with("Package: zlib1g\n"))
+        .collect();
+    assert!(kept.len() < s.split("\n\n").count(), "zlib1g not in the base");
+    std::fs::write(&status, kept.join("\n\n")).unwrap();
+    let before = c.fingerprint();
+    let out = envsnap(store, &["restore", c.root.to_str().unwrap(), "--key", KEY]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("not installed on the target") && err.contains("zlib1g"),
+        "{err}"
+    );
+    assert_eq!(before, c.fingerprint(), "a conflicting restore wrote to the target");
 }
 
 #[test]
@@ -447,6 +514,6 @@ fn file_owned_by_a_foreign_package_is_a_miss() {
     let out = envsnap(store, &["restore", c.root.to_str().unwrap(), "--key", KEY]);
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("otherjq 9 owns /bin/jq"), "{err}");
+    assert!(err.contains("otherjq 9 owns /usr/bin/jq"), "{err}");
     assert_eq!(before, c.fingerprint(), "a conflicting restore wrote to the target");
 }

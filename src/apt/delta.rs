@@ -186,7 +186,12 @@ pub fn compute(root: &Path, base: &Baseline) -> Result<Delta> {
             }
             continue;
         }
-        let ops = merge::diff(class, base_text.as_deref().unwrap_or(""), ours.as_deref().unwrap_or(""));
+        let ops = merge::diff(
+            &path,
+            class,
+            base_text.as_deref().unwrap_or(""),
+            ours.as_deref().unwrap_or(""),
+        );
         if !ops.is_empty() {
             shared.push(SharedChange {
                 path,

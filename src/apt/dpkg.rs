@@ -157,8 +157,96 @@ pub fn owners(root: &Path, paths: &HashSet<String>) -> Result<BTreeMap<String, V
     Ok(out)
 }
 
+/// Compare two Debian versions the way `dpkg --compare-versions` does.
+pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    fn split(v: &str) -> (u64, &str, &str) {
+        let (epoch, rest) = match v.split_once(':') {
+            Some((e, r)) if e.chars().all(|c| c.is_ascii_digit()) => (e.parse().unwrap_or(0), r),
+            _ => (0, v),
+        };
+        match rest.rsplit_once('-') {
+            Some((u, r)) => (epoch, u, r),
+            None => (epoch, rest, ""),
+        }
+    }
+    fn order(c: Option<u8>) -> i32 {
+        match c {
+            Some(b'~') => -1,
+            None => 0,
+            Some(c) if c.is_ascii_digit() => 0,
+            Some(c) if c.is_ascii_alphabetic() => c as i32,
+            Some(c) => c as i32 + 256,
+        }
+    }
+    fn part(a: &str, b: &str) -> std::cmp::Ordering {
+        let (a, b) = (a.as_bytes(), b.as_bytes());
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() || j < b.len() {
+            while (i < a.len() && !a[i].is_ascii_digit()) || (j < b.len() && !b[j].is_ascii_digit()) {
+                let (x, y) = (order(a.get(i).copied()), order(b.get(j).copied()));
+                if x != y {
+                    return x.cmp(&y);
+                }
+                i += 1;
+                j += 1;
+            }
+            let si = i;
+            while i < a.len() && a[i].is_ascii_digit() {
+                i += 1;
+            }
+            let sj = j;
+            while j < b.len() && b[j].is_ascii_digit() {
+                j += 1;
+            }
+            let x = std::str::from_utf8(&a[si..i]).unwrap_or("0").trim_start_matches('0');
+            let y = std::str::from_utf8(&b[sj..j]).unwrap_or("0").trim_start_matches('0');
+            let o = x.len().cmp(&y.len()).then_with(|| x.cmp(y));
+            if o.is_ne() {
+                return o;
+            }
+        }
+        std::cmp::Ordering::Equal
+    }
+    let (ea, ua, ra) = split(a);
+    let (eb, ub, rb) = split(b);
+    ea.cmp(&eb).then_with(|| part(ua, ub)).then_with(|| part(ra, rb))
+}
+
+/// Whether version `have` satisfies the dependency relation `op want` (`>=`, `<<`, `=`…).
+pub fn version_satisfies(have: &str, op: &str, want: &str) -> bool {
+    use std::cmp::Ordering::*;
+    let o = compare_versions(have, want);
+    match op {
+        ">=" | ">" => o != Less,
+        "<=" | "<" => o != Greater,
+        ">>" => o == Greater,
+        "<<" => o == Less,
+        _ => o == Equal,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn debian_version_order() {
+        use std::cmp::Ordering::*;
+        for (a, b, o) in [
+            ("1.0", "1.0", Equal),
+            ("1.0~rc1", "1.0", Less),
+            ("1:0.9", "2.0", Greater),
+            ("2.36-9+deb12u4", "2.36-9", Greater),
+            ("1.10", "1.9", Greater),
+            ("1.0a", "1.0+", Less),
+            ("6.9.8-1", "6.9.8-1", Equal),
+        ] {
+            assert_eq!(compare_versions(a, b), o, "{a} vs {b}");
+        }
+        assert!(version_satisfies("2.36-9+deb12u4", ">=", "2.34"));
+        assert!(!version_satisfies("2.33", ">=", "2.34"));
+        assert!(version_satisfies("1.6-2.1", "=", "1.6-2.1"));
+        assert!(version_satisfies("1", "<<", "2"));
+    }
+
     use super::*;
 
     const STATUS: &str = "Package: a\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1\nDescription: x\n y\n\nPackage: b\nStatus: deinstall ok config-files\nArchitecture: all\nVersion: 2\n\n";

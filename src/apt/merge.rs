@@ -16,7 +16,8 @@ pub enum Class {
     PkgStanzas,
     /// deb822 stanzas keyed by `Name` (debconf databases).
     NameStanzas,
-    /// One record per line, the line is its own key (triggers, ucf, /etc/shells, statoverride).
+    /// One record per line, the line is its own key (triggers, ucf registry, /etc/shells), except
+    /// statoverride and ucf's hashfile, keyed by the path they describe (see [`line_key`]).
     Lines,
     /// One record per line keyed by the text before the first ':' (passwd, group, shadow).
     ColonLines,
@@ -53,8 +54,32 @@ pub fn class_of(rel: &str) -> Option<Class> {
     None
 }
 
-/// Split a file into (key, record text) in file order.
-pub fn records(class: Class, text: &str) -> Vec<(String, String)> {
+/// The key of one line of a [`Class::Lines`] file at `path`: dpkg's statoverride
+/// (`user group mode path`) and ucf's hashfile (`hash  path`) hold one record per path (two
+/// overrides for one path make dpkg abort); other files are keyed by the whole line. Applied to a
+/// key that is already a path it returns it unchanged, so ops keyed either way re-key alike.
+pub fn line_key(path: &str, line: &str) -> String {
+    let skip = match path {
+        "var/lib/dpkg/statoverride" => 3,
+        "var/lib/ucf/hashfile" => 1,
+        _ => return line.to_string(),
+    };
+    let mut rest = line.trim_start();
+    for _ in 0..skip {
+        match rest.split_once(char::is_whitespace) {
+            Some((_, r)) => rest = r.trim_start(),
+            None => return line.to_string(),
+        }
+    }
+    if rest.is_empty() {
+        line.to_string()
+    } else {
+        rest.to_string()
+    }
+}
+
+/// Split a file at root-relative `path` into (key, record text) in file order.
+pub fn records(path: &str, class: Class, text: &str) -> Vec<(String, String)> {
     match class {
         Class::PkgStanzas | Class::NameStanzas => parse_stanzas(text)
             .into_iter()
@@ -71,7 +96,7 @@ pub fn records(class: Class, text: &str) -> Vec<(String, String)> {
         Class::Lines => text
             .lines()
             .filter(|l| !l.is_empty())
-            .map(|l| (l.to_string(), format!("{l}\n")))
+            .map(|l| (line_key(path, l), format!("{l}\n")))
             .collect(),
         Class::ColonLines => text
             .lines()
@@ -111,9 +136,9 @@ impl Ops {
 }
 
 /// Record-level diff of `ours` against `base` (either may be absent = empty).
-pub fn diff(class: Class, base: &str, ours: &str) -> Ops {
-    let b: HashMap<String, String> = records(class, base).into_iter().collect();
-    let o = records(class, ours);
+pub fn diff(path: &str, class: Class, base: &str, ours: &str) -> Ops {
+    let b: HashMap<String, String> = records(path, class, base).into_iter().collect();
+    let o = records(path, class, ours);
     let okeys: HashSet<&str> = o.iter().map(|(k, _)| k.as_str()).collect();
     let set = o.iter().filter(|(k, t)| b.get(k) != Some(t)).cloned().collect();
     let mut remove: Vec<String> = b.keys().filter(|k| !okeys.contains(k.as_str())).cloned().collect();
@@ -122,25 +147,99 @@ pub fn diff(class: Class, base: &str, ours: &str) -> Ops {
 }
 
 /// Apply ops to the target's current text: changed records replace in place, new ones are
-/// appended, removed ones dropped; every other record of the target is kept as is.
-pub fn apply(class: Class, theirs: &str, ops: &Ops) -> String {
-    let set: HashMap<&str, &str> = ops.set.iter().map(|(k, t)| (k.as_str(), t.as_str())).collect();
-    let remove: HashSet<&str> = ops.remove.iter().map(String::as_str).collect();
+/// appended, removed ones dropped; every other record of the target is kept as is. A group line
+/// (`etc/group`, `etc/gshadow`) the snapshot changed keeps the target's members too (union).
+pub fn apply(path: &str, class: Class, theirs: &str, ops: &Ops) -> String {
+    // Re-key the ops the way `records` keys this file (snapshots taken before statoverride and
+    // hashfile were keyed by path carry whole-line keys).
+    let set: Vec<(String, &str)> = ops
+        .set
+        .iter()
+        .map(|(k, t)| match class {
+            Class::Lines => (line_key(path, t.trim_end_matches('\n')), t.as_str()),
+            _ => (k.clone(), t.as_str()),
+        })
+        .collect();
+    let set_map: HashMap<&str, &str> = set.iter().map(|(k, t)| (k.as_str(), *t)).collect();
+    let remove: HashSet<String> = ops
+        .remove
+        .iter()
+        .map(|k| match class {
+            Class::Lines => line_key(path, k),
+            _ => k.clone(),
+        })
+        .filter(|k| !set_map.contains_key(k.as_str()))
+        .collect();
     let mut seen = HashSet::new();
     let mut out: Vec<(String, String)> = Vec::new();
-    for (k, t) in records(class, theirs) {
-        if remove.contains(k.as_str()) || !seen.insert(k.clone()) {
+    for (k, t) in records(path, class, theirs) {
+        if remove.contains(&k) || !seen.insert(k.clone()) {
             continue;
         }
-        let t = set.get(k.as_str()).map(|s| s.to_string()).unwrap_or(t);
+        let t = match set_map.get(k.as_str()) {
+            Some(ours) if is_group_file(path) => union_members(path, &t, ours),
+            Some(ours) => ours.to_string(),
+            None => t,
+        };
         out.push((k, t));
     }
-    for (k, t) in &ops.set {
+    for (k, t) in &set {
         if seen.insert(k.clone()) {
-            out.push((k.clone(), t.clone()));
+            out.push((k.clone(), t.to_string()));
         }
     }
     join(class, &out)
+}
+
+fn is_group_file(path: &str) -> bool {
+    path == "etc/group" || path == "etc/gshadow"
+}
+
+/// `ours` group line with the member list (and gshadow's admin list) extended by the target's.
+fn union_members(path: &str, theirs: &str, ours: &str) -> String {
+    let t: Vec<&str> = theirs.trim_end_matches('\n').split(':').collect();
+    let mut o: Vec<String> = ours.trim_end_matches('\n').split(':').map(str::to_string).collect();
+    // group: name:passwd:gid:members; gshadow: name:passwd:admins:members.
+    let lists: &[usize] = if path == "etc/gshadow" { &[2, 3] } else { &[3] };
+    for &i in lists {
+        let (Some(tl), true) = (t.get(i), i < o.len()) else {
+            continue;
+        };
+        let mut names: Vec<String> = o[i].split(',').filter(|n| !n.is_empty()).map(str::to_string).collect();
+        for n in tl.split(',').filter(|n| !n.is_empty()) {
+            if !names.iter().any(|x| x == n) {
+                names.push(n.to_string());
+            }
+        }
+        o[i] = names.join(",");
+    }
+    format!("{}\n", o.join(":"))
+}
+
+/// For `etc/passwd` and `etc/group`: records the snapshot adds or changes whose uid/gid the
+/// target already gives to another name. Restoring them would make two names share one id, and
+/// the snapshot's files (stored with numeric owners) would belong to the target's user.
+pub fn id_conflicts(path: &str, theirs: &str, ops: &Ops) -> Vec<String> {
+    let what = match path {
+        "etc/passwd" => "uid",
+        "etc/group" => "gid",
+        _ => return Vec::new(),
+    };
+    let id_of = |t: &str| t.trim_end_matches('\n').split(':').nth(2).map(str::to_string);
+    let held: Vec<(String, String)> = records(path, Class::ColonLines, theirs)
+        .into_iter()
+        .filter_map(|(k, t)| Some((k, id_of(&t)?)))
+        .collect();
+    let mut out = Vec::new();
+    for (name, t) in &ops.set {
+        let Some(id) = id_of(t) else { continue };
+        for (other, _) in held.iter().filter(|(o, i)| *i == id && o != name) {
+            out.push(format!(
+                "/{path}: the snapshot's {name} has {what} {id}, which the target's {other} already has"
+            ));
+        }
+    }
+    out
 }
 
 /// A parsed update-alternatives admin file.
@@ -300,18 +399,91 @@ mod tests {
         let base = "Package: a\nArchitecture: amd64\nVersion: 1\n\n";
         let ours = "Package: a\nArchitecture: amd64\nVersion: 1\n\nPackage: jq\nArchitecture: amd64\nVersion: 2\n\n";
         let theirs = "Package: a\nArchitecture: amd64\nVersion: 1\n\nPackage: z\nArchitecture: amd64\nVersion: 9\n\n";
-        let ops = diff(Class::PkgStanzas, base, ours);
+        let ops = diff("var/lib/dpkg/status", Class::PkgStanzas, base, ours);
         assert_eq!(ops.set.len(), 1);
-        let merged = apply(Class::PkgStanzas, theirs, &ops);
+        let merged = apply("var/lib/dpkg/status", Class::PkgStanzas, theirs, &ops);
         assert!(merged.contains("Package: z") && merged.contains("Package: jq"));
         // idempotent
-        assert_eq!(apply(Class::PkgStanzas, &merged, &ops), merged);
+        assert_eq!(apply("var/lib/dpkg/status", Class::PkgStanzas, &merged, &ops), merged);
     }
 
     #[test]
     fn lines_union() {
-        let ops = diff(Class::Lines, "a x\n", "a x\nb y\n");
-        assert_eq!(apply(Class::Lines, "a x\nc z\n", &ops), "a x\nc z\nb y\n");
+        let ops = diff("etc/shells", Class::Lines, "a x\n", "a x\nb y\n");
+        assert_eq!(apply("etc/shells", Class::Lines, "a x\nc z\n", &ops), "a x\nc z\nb y\n");
+    }
+
+    #[test]
+    fn uid_and_gid_held_by_another_name_conflict() {
+        let p = "etc/passwd";
+        let base = "root:x:0:0:root:/root:/bin/bash\n";
+        let ours = "root:x:0:0:root:/root:/bin/bash\n_jq:x:106:65534::/nonexistent:/usr/sbin/nologin\n";
+        let ops = diff(p, Class::ColonLines, base, ours);
+        let theirs = "root:x:0:0:root:/root:/bin/bash\nsshd:x:106:65534::/run/sshd:/usr/sbin/nologin\n";
+        let c = id_conflicts(p, theirs, &ops);
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert!(
+            c[0].contains("_jq") && c[0].contains("sshd") && c[0].contains("uid 106"),
+            "{c:?}"
+        );
+        // Same name, same id on the target, or a free id: fine.
+        assert!(id_conflicts(p, ours, &ops).is_empty());
+        assert!(id_conflicts(p, base, &ops).is_empty());
+        let g = "etc/group";
+        let ops = diff(g, Class::ColonLines, "root:x:0:\n", "root:x:0:\n_ssh:x:101:\n");
+        let c = id_conflicts(g, "root:x:0:\nnetdev:x:101:\n", &ops);
+        assert!(
+            c.len() == 1 && c[0].contains("gid 101") && c[0].contains("netdev"),
+            "{c:?}"
+        );
+    }
+
+    #[test]
+    fn group_members_are_unioned() {
+        let g = "etc/group";
+        let ops = diff(g, Class::ColonLines, "users:x:100:\n", "users:x:100:jq\n");
+        let merged = apply(g, Class::ColonLines, "users:x:100:alice,bob\n", &ops);
+        assert_eq!(merged, "users:x:100:jq,alice,bob\n");
+        assert_eq!(apply(g, Class::ColonLines, &merged, &ops), merged);
+        let gs = "etc/gshadow";
+        let ops = diff(gs, Class::ColonLines, "users:!::\n", "users:!:adm1:jq\n");
+        assert_eq!(
+            apply(gs, Class::ColonLines, "users:!:adm2:alice\n", &ops),
+            "users:!:adm1,adm2:jq,alice\n"
+        );
+    }
+
+    #[test]
+    fn statoverride_and_hashfile_keyed_by_path() {
+        let so = "var/lib/dpkg/statoverride";
+        let ops = diff(so, Class::Lines, "", "root crontab 2755 /usr/bin/crontab\n");
+        let merged = apply(
+            so,
+            Class::Lines,
+            "root root 755 /usr/bin/crontab\nroot root 700 /x\n",
+            &ops,
+        );
+        assert_eq!(merged, "root crontab 2755 /usr/bin/crontab\nroot root 700 /x\n");
+        // Whole-line keyed ops of older snapshots (changed = set new + remove old) re-key alike.
+        let old = Ops {
+            set: vec![(
+                "root crontab 2755 /usr/bin/crontab".into(),
+                "root crontab 2755 /usr/bin/crontab\n".into(),
+            )],
+            remove: vec!["root root 755 /usr/bin/crontab".into()],
+        };
+        assert_eq!(
+            apply(so, Class::Lines, "root root 755 /usr/bin/crontab\n", &old),
+            "root crontab 2755 /usr/bin/crontab\n"
+        );
+        let hf = "var/lib/ucf/hashfile";
+        let ops = diff(hf, Class::Lines, "", "aaaa  /etc/x.conf\n");
+        assert_eq!(
+            apply(hf, Class::Lines, "bbbb  /etc/x.conf\ncccc  /etc/y\n", &ops),
+            "aaaa  /etc/x.conf\ncccc  /etc/y\n"
+        );
+        let ops = diff(hf, Class::Lines, "aaaa  /etc/x.conf\n", "");
+        assert_eq!(apply(hf, Class::Lines, "bbbb  /etc/x.conf\n", &ops), "");
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Restore an apt snapshot into ROOT as if dpkg had installed it.
 //!
 //! Order (chosen so an interrupted restore can simply be re-run):
-//! 1. compatibility check (read-only; a conflict is a miss and nothing is written);
-//! 2. dpkg locks;
-//! 3. payload: directories, then files and symlinks, each written to a temp name and renamed;
+//! 1. dpkg locks;
+//! 2. compatibility check (read-only; a conflict is a miss and nothing is written);
+//! 3. payload: directories, then files and symlinks, each written to a temp name and renamed,
+//!    then the directories' attributes (mtime, xattrs), deepest first; temp names left by a killed
+//!    restore (`.<name>.envsnap-<pid>-…` of a dead pid) in the directories written are removed;
 //! 4. paths the install removed;
 //! 5. shared state merged record by record (temp + rename per file), dpkg's `status` last, so
 //!    dpkg only sees the packages as installed once everything else is in place;
@@ -19,7 +21,7 @@ use super::merge::{self, Class};
 use super::AptMeta;
 use crate::error::{Error, IoContext, Result};
 use rayon::prelude::*;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -51,28 +53,52 @@ pub fn meta_of(snap: &SnapshotRow) -> Result<AptMeta> {
         .map_err(|e| Error::Other(format!("snapshot '{}': unreadable apt metadata: {e}", snap.key)))
 }
 
-fn os_id(os_release: &str) -> (String, String) {
-    let get = |k: &str| {
-        os_release
-            .lines()
-            .find_map(|l| l.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
-            .map(|v| v.trim_matches('"').to_string())
-            .unwrap_or_default()
-    };
-    (get("ID"), get("VERSION_ID"))
+/// `debian-12`, `debian-trixie`… (the `{os-release}` token's parser and spelling).
+fn os_id(os_release: &str) -> String {
+    let fields = crate::key::system::parse_os_release(os_release);
+    crate::key::system::os_release_id(&fields).unwrap_or_else(|| "unknown".to_string())
+}
+
+/// Owners of absolute `paths` on ROOT (`dpkg::owners`), keyed by the path asked for: dpkg's
+/// file lists may name `/lib/x` for what merged-/usr stores at `/usr/lib/x`, so each path is
+/// also looked up under its short alias.
+fn owners(root: &Path, paths: &HashSet<String>) -> Result<BTreeMap<String, Vec<String>>> {
+    let aliases = merged_usr_aliases(root);
+    let mut q: HashSet<String> = paths.clone();
+    let mut alias_of: HashMap<String, String> = HashMap::new();
+    for p in paths {
+        for (short, long) in &aliases {
+            if let Some(rest) = p.strip_prefix(long.as_str()) {
+                let a = format!("{short}{rest}");
+                q.insert(a.clone());
+                alias_of.insert(a, p.clone());
+            }
+        }
+    }
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (path, os) in dpkg::owners(root, &q)? {
+        let key = if paths.contains(&path) {
+            path
+        } else {
+            alias_of.get(&path).cloned().unwrap_or(path)
+        };
+        let v = out.entry(key).or_default();
+        for o in os {
+            if !v.contains(&o) {
+                v.push(o);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The compatibility rule (see docs/apt.md). Returns the conflicts, empty when compatible.
 pub fn check_compat(meta: &AptMeta, manifest: &Manifest, root: &Path) -> Result<Vec<String>> {
     let mut conflicts = Vec::new();
-    let (sid, sver) = os_id(&meta.os_release);
-    let (tid, tver) = os_id(&super::baseline::os_release(root));
-    if (sid, sver) != (tid.clone(), tver.clone()) {
-        conflicts.push(format!(
-            "os-release: snapshot is {} {}, target is {tid} {tver}",
-            os_id(&meta.os_release).0,
-            os_id(&meta.os_release).1
-        ));
+    let sid = os_id(&meta.os_release);
+    let tid = os_id(&super::baseline::os_release(root));
+    if sid != tid {
+        conflicts.push(format!("os-release: snapshot is {sid}, target is {tid}"));
         return Ok(conflicts);
     }
     let target = dpkg::installed_packages(root)?;
@@ -113,25 +139,19 @@ pub fn check_compat(meta: &AptMeta, manifest: &Manifest, root: &Path) -> Result<
         .map(|p| p.name.as_str())
         .chain(meta.removed_packages.iter().map(|p| p.name.as_str()))
         .collect();
-    let aliases = merged_usr_aliases(root);
-    let mut paths: HashSet<String> = HashSet::new();
-    for e in manifest.entries.iter().filter(|e| e.kind != EntryKind::Dir) {
-        let p = format!("/{}", String::from_utf8_lossy(&e.path));
-        // dpkg's file lists may name `/lib/x` for what merged-/usr stores at `/usr/lib/x`.
-        for (short, long) in &aliases {
-            if let Some(rest) = p.strip_prefix(long.as_str()) {
-                paths.insert(format!("{short}{rest}"));
-            }
-        }
-        paths.insert(p);
-    }
+    let paths: HashSet<String> = manifest
+        .entries
+        .iter()
+        .filter(|e| e.kind != EntryKind::Dir)
+        .map(|e| format!("/{}", String::from_utf8_lossy(&e.path)))
+        .collect();
     let base_by_name: HashMap<&str, Vec<&str>> = meta.base_packages.iter().fold(HashMap::new(), |mut m, p| {
         m.entry(p.name.as_str()).or_default().push(p.version.as_str());
         m
     });
     let mut bad: BTreeSet<String> = BTreeSet::new();
-    for (path, owners) in dpkg::owners(root, &paths)? {
-        for o in owners {
+    for (path, os) in owners(root, &paths)? {
+        for o in os {
             if ours.contains(o.as_str()) {
                 continue;
             }
@@ -153,7 +173,117 @@ pub fn check_compat(meta: &AptMeta, manifest: &Manifest, root: &Path) -> Result<
         }
     }
     conflicts.extend(bad);
+    conflicts.extend(missing_dependencies(meta, root)?);
+    // Users and groups the snapshot adds must not take an id the target gives another name.
+    for sc in meta.shared.iter().filter(|s| s.class == Class::ColonLines) {
+        let theirs = read_opt(&root.join(&sc.path))?.unwrap_or_default();
+        conflicts.extend(merge::id_conflicts(&sc.path, &theirs, &sc.ops));
+    }
     Ok(conflicts)
+}
+
+/// Full value of a deb822 field, continuation lines joined.
+fn field_full(st: &dpkg::Stanza, name: &str) -> Option<String> {
+    let mut out: Option<String> = None;
+    for line in st.text.lines() {
+        if line.starts_with(' ') || line.starts_with('\t') {
+            if let Some(v) = out.as_mut() {
+                v.push(' ');
+                v.push_str(line.trim());
+            }
+            continue;
+        }
+        if out.is_some() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case(name) {
+                out = Some(v.trim().to_string());
+            }
+        }
+    }
+    out
+}
+
+/// One alternative of a dependency: `name[:arch] [(op version)]`.
+fn parse_dep(alt: &str) -> (String, Option<(String, String)>) {
+    let alt = alt.trim();
+    let (name, rest) = match alt.find(|c: char| c.is_whitespace() || c == '(' || c == '[') {
+        Some(i) => (&alt[..i], &alt[i..]),
+        None => (alt, ""),
+    };
+    let name = name.split(':').next().unwrap_or(name).to_string();
+    let cons = rest.find('(').and_then(|i| {
+        let inner = rest[i + 1..].split(')').next()?.trim();
+        let op_len = inner.find(|c: char| !"<>=".contains(c)).unwrap_or(inner.len());
+        Some((inner[..op_len].to_string(), inner[op_len..].trim().to_string()))
+    });
+    (name, cons)
+}
+
+/// Dependencies (Depends, Pre-Depends) of the snapshot's packages that neither the snapshot nor
+/// the target provides: on the source they came from the snapshot's base, which the restore does
+/// not write, so restoring would record packages as installed with unmet dependencies.
+fn missing_dependencies(meta: &AptMeta, root: &Path) -> Result<Vec<String>> {
+    let Some(status) = meta.shared.iter().find(|s| s.path == "var/lib/dpkg/status") else {
+        return Ok(Vec::new());
+    };
+    let ours: Vec<dpkg::Stanza> = status
+        .ops
+        .set
+        .iter()
+        .flat_map(|(_, t)| dpkg::parse_stanzas(t))
+        .filter(dpkg::is_present)
+        .collect();
+    let target_text = read_opt(&root.join("var/lib/dpkg/status"))?.unwrap_or_default();
+    let target: Vec<dpkg::Stanza> = dpkg::parse_stanzas(&target_text)
+        .into_iter()
+        .filter(dpkg::is_present)
+        .collect();
+    let snap_names: HashSet<&str> = meta.packages.iter().map(|p| p.name.as_str()).collect();
+    // name -> versions available on the target (real packages, and virtual ones via Provides).
+    let mut have: HashMap<String, Vec<Option<String>>> = HashMap::new();
+    for st in ours.iter().chain(target.iter()) {
+        for pv in field_full(st, "Provides").iter().flat_map(|v| v.split(',')) {
+            let (n, c) = parse_dep(pv);
+            have.entry(n).or_default().push(c.map(|(_, v)| v));
+        }
+    }
+    for st in &target {
+        if let (Some(n), Some(v)) = (st.field("Package"), st.field("Version")) {
+            have.entry(n.to_string()).or_default().push(Some(v.to_string()));
+        }
+    }
+    let mut missing: BTreeSet<String> = BTreeSet::new();
+    for st in &ours {
+        let pkg = st.field("Package").unwrap_or("?");
+        for f in ["Pre-Depends", "Depends"] {
+            let Some(v) = field_full(st, f) else { continue };
+            for group in v.split(',').filter(|g| !g.trim().is_empty()) {
+                let alts: Vec<(String, Option<(String, String)>)> = group.split('|').map(parse_dep).collect();
+                let ok = alts.iter().any(|(n, c)| {
+                    snap_names.contains(n.as_str())
+                        || have.get(n).is_some_and(|vs| {
+                            vs.iter().any(|v| match (c, v) {
+                                (None, _) => true,
+                                (Some((op, want)), Some(v)) => dpkg::version_satisfies(v, op, want),
+                                (Some(_), None) => false,
+                            })
+                        })
+                });
+                if !ok {
+                    missing.insert(format!("{pkg} needs {}", group.trim()));
+                }
+            }
+        }
+    }
+    if missing.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(vec![format!(
+        "dependencies from the snapshot's base are not installed on the target: {}",
+        missing.into_iter().collect::<Vec<_>>().join(", ")
+    )])
 }
 
 /// Top-level merged-/usr symlinks of ROOT as ("/bin/", "/usr/bin/") prefix pairs.
@@ -205,6 +335,9 @@ pub fn restore(
             snap.key, s.path
         )));
     }
+    // dpkg's locks before reading its database: the check must see the state the restore writes
+    // over (a dry run only reads, and takes none).
+    let locks = if dry_run { None } else { Some(super::lock::lock(&root)?) };
     let conflicts = check_compat(&meta, &manifest, &root)?;
     if !conflicts.is_empty() {
         return Err(Error::Miss(format!(
@@ -240,7 +373,7 @@ pub fn restore(
         return Ok(rep);
     }
 
-    let _locks = super::lock::lock(&root)?;
+    let _locks = locks;
     // Hardlinks would let a later chmod/chown by dpkg or a maintainer script change the store's
     // objects: system trees always get their own inodes.
     let link = if opts.link == LinkMode::Hardlink {
@@ -265,9 +398,68 @@ fn abs(root: &Path, rel: &[u8]) -> PathBuf {
     root.join(std::ffi::OsStr::from_bytes(rel))
 }
 
+/// Test hook: `ENVSNAP_TEST_ABORT_AFTER_FILES=N` makes the process exit with status 137 (as if
+/// SIGKILLed) right after the N-th payload file is placed, so tests can check that an interrupted
+/// restore leaves a re-runnable state. Not meant for any other use.
+fn abort_after_files() -> Option<u64> {
+    std::env::var("ENVSNAP_TEST_ABORT_AFTER_FILES").ok()?.parse().ok()
+}
+
+/// Remove temporary names (`.<name>.envsnap-<pid>-…`) that a killed restore (its pid is gone)
+/// left in `dir`. Only names with that shape are looked at.
+fn remove_stale_temps(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with('.') {
+            continue;
+        }
+        let Some(i) = name.rfind(".envsnap-") else { continue };
+        let Some(pid) = name[i + ".envsnap-".len()..]
+            .split('-')
+            .next()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid <= 0 || pid as u32 == std::process::id() {
+            continue;
+        }
+        // SAFETY: kill with signal 0 only checks whether the process exists.
+        let alive =
+            unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if alive {
+            continue;
+        }
+        let p = e.path();
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {
+                let _ = crate::restore::remove_tree(&p);
+            }
+            Ok(_) => {
+                let _ = std::fs::remove_file(&p);
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 fn place_payload(store: &Store, manifest: &Manifest, root: &Path, link: LinkMode) -> Result<()> {
+    // Leftovers of a killed restore, in the directories this one writes to.
+    let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
+    for e in &manifest.entries {
+        if let Some(d) = abs(root, &e.path).parent() {
+            dirs.insert(d.to_path_buf());
+        }
+    }
+    for d in &dirs {
+        remove_stale_temps(d);
+    }
     // Directories first, in path order so parents precede children. An existing directory (or a
-    // symlink to one, e.g. merged-/usr `/lib`) is kept; only its mode/owner are set.
+    // symlink to one, e.g. merged-/usr `/lib`) is kept; only its mode/owner are set here, the
+    // rest of its attributes once its contents are in place (see below).
+    let mut placed_dirs: Vec<(&Entry, PathBuf)> = Vec::new();
     for e in manifest.entries.iter().filter(|e| e.kind == EntryKind::Dir) {
         let p = abs(root, &e.path);
         match std::fs::metadata(&p) {
@@ -278,6 +470,7 @@ fn place_payload(store: &Store, manifest: &Manifest, root: &Path, link: LinkMode
                 {
                     continue;
                 }
+                placed_dirs.push((e, p.clone()));
                 if m.mode() & 0o7777 == e.mode && m.uid() == e.uid && m.gid() == e.gid {
                     continue;
                 }
@@ -285,17 +478,23 @@ fn place_payload(store: &Store, manifest: &Manifest, root: &Path, link: LinkMode
             Ok(_) => {
                 std::fs::remove_file(&p).at("remove", &p)?;
                 std::fs::create_dir(&p).at("create directory", &p)?;
+                placed_dirs.push((e, p.clone()));
             }
-            Err(_) => match std::fs::create_dir(&p) {
-                Ok(()) => {}
-                Err(er) if er.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(er) => return Err(Error::io("create directory", &p, er)),
-            },
+            Err(_) => {
+                match std::fs::create_dir(&p) {
+                    Ok(()) => {}
+                    Err(er) if er.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(er) => return Err(Error::io("create directory", &p, er)),
+                }
+                placed_dirs.push((e, p.clone()));
+            }
         }
         std::os::unix::fs::lchown(&p, Some(e.uid), Some(e.gid)).at("chown", &p)?;
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(e.mode)).at("chmod", &p)?;
     }
     let others: Vec<&Entry> = manifest.entries.iter().filter(|e| e.kind != EntryKind::Dir).collect();
+    let abort_after = abort_after_files();
+    let placed = std::sync::atomic::AtomicU64::new(0);
     // Creating thousands of small files is bound by filesystem latency (journal, inode
     // allocation), not CPU: more threads than cores keep the disk queue full.
     let pool = rayon::ThreadPoolBuilder::new()
@@ -312,12 +511,26 @@ fn place_payload(store: &Store, manifest: &Manifest, root: &Path, link: LinkMode
                 }
             }
             match e.kind {
-                EntryKind::File => crate::restore::place_file(store, e, &p, link, true).map(|_| ()),
+                EntryKind::File => {
+                    crate::restore::place_file(store, e, &p, link, true)?;
+                    let n = placed.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    if abort_after == Some(n) {
+                        std::process::exit(137);
+                    }
+                    Ok(())
+                }
                 EntryKind::Symlink => place_symlink(e, &p),
                 EntryKind::Dir => Ok(()),
             }
         })
-    })
+    })?;
+    // Directory mtimes (and xattrs) last, deepest first: placing entries changes the mtime of
+    // their parent.
+    placed_dirs.sort_by(|a, b| b.0.path.cmp(&a.0.path));
+    for (e, p) in placed_dirs {
+        crate::restore::apply_attrs(&p, e, true)?;
+    }
+    Ok(())
 }
 
 fn place_symlink(e: &Entry, p: &Path) -> Result<()> {
@@ -328,8 +541,11 @@ fn place_symlink(e: &Entry, p: &Path) -> Result<()> {
         }
     }
     let dir = p.parent().expect("payload path has a parent");
-    let h = blake3::hash(p.as_os_str().as_bytes()).to_hex();
-    let tmp = dir.join(format!(".envsnap-{}-{}", std::process::id(), &h[..12]));
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.envsnap-{}-link", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &tmp).at("create symlink", &tmp)?;
     std::os::unix::fs::lchown(&tmp, Some(e.uid), Some(e.gid)).at("chown", &tmp)?;
@@ -348,7 +564,7 @@ fn remove_paths(meta: &AptMeta, root: &Path) -> Result<u64> {
         return Ok(0);
     }
     let q: HashSet<String> = meta.removed_paths.iter().map(|p| format!("/{p}")).collect();
-    let owners = dpkg::owners(root, &q)?;
+    let owners = owners(root, &q)?;
     let ours: HashSet<&str> = meta
         .packages
         .iter()
@@ -395,8 +611,13 @@ fn write_atomic(p: &Path, text: &[u8], mode: u32, uid: u32, gid: u32) -> Result<
     };
     let dir = p.parent().expect("state file has a parent");
     std::fs::create_dir_all(dir).at("create directory", dir)?;
+    remove_stale_temps(dir);
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut tmp = tempfile::Builder::new()
-        .prefix(".envsnap-")
+        .prefix(&format!(".{name}.envsnap-{}-", std::process::id()))
         .tempfile_in(dir)
         .at("create temporary file in", dir)?;
     tmp.write_all(text).at("write", p)?;
@@ -421,7 +642,7 @@ fn merge_one(sc: &SharedChange, root: &Path) -> Result<()> {
     let p = root.join(&sc.path);
     let theirs = read_opt(&p)?;
     if sc.class != Class::Alternatives {
-        let merged = merge::apply(sc.class, theirs.as_deref().unwrap_or(""), &sc.ops);
+        let merged = merge::apply(&sc.path, sc.class, theirs.as_deref().unwrap_or(""), &sc.ops);
         if theirs.as_deref() != Some(merged.as_str()) {
             write_atomic(&p, merged.as_bytes(), sc.mode, sc.uid, sc.gid)?;
         }
@@ -461,7 +682,10 @@ fn set_link(p: &Path, target: Option<&str>) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = p.with_file_name(format!(".envsnap-{name}.tmp"));
+    if let Some(dir) = p.parent() {
+        remove_stale_temps(dir);
+    }
+    let tmp = p.with_file_name(format!(".{name}.envsnap-{}-link", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     match target {
         Some(t) => {
