@@ -284,7 +284,18 @@ fn restore_into_fresh_base() {
     let c = fresh(&tar);
     let r = c.root.to_str().unwrap();
     let out = envsnap_ok(store, &["restore", r, "--key", KEY, "--json"]);
-    assert!(out.contains("\"kind\":\"apt\""), "{out}");
+    let j: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    assert_eq!(j["kind"], "apt", "{j}");
+    assert_eq!(j["hit"], "exact", "{j}");
+    assert!(
+        j["files"].as_u64().unwrap() > 100 && j["bytes"].as_u64().unwrap() > 0,
+        "{j}"
+    );
+    assert!(
+        matches!(j["link"].as_str(), Some("copy" | "reflink" | "reflink+copy")),
+        "{j}"
+    );
+    assert!(j["seconds"].as_f64().is_some(), "{j}");
     assert_installed(&c);
     // Re-running (what one does after an interrupted restore) is harmless.
     envsnap_ok(store, &["restore", r, "--key", KEY]);

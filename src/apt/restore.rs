@@ -39,6 +39,8 @@ pub struct AptRestoreReport {
     pub merged: Vec<String>,
     pub dry_run: bool,
     pub seconds: f64,
+    /// The link mode actually used for payload files (`reflink`, `copy`, or a `+`-joined mix).
+    pub link: String,
 }
 
 /// Parse a snapshot's meta (error when it is not an apt snapshot of a known format).
@@ -369,6 +371,7 @@ pub fn restore(
     }
     rep.merged = meta.shared.iter().map(|s| s.path.clone()).collect();
     if dry_run {
+        rep.link = opts.link.as_str().to_string();
         rep.seconds = t0.elapsed().as_secs_f64();
         return Ok(rep);
     }
@@ -381,7 +384,7 @@ pub fn restore(
     } else {
         opts.link
     };
-    place_payload(store, &manifest, &root, link)?;
+    rep.link = place_payload(store, &manifest, &root, link)?;
     rep.removed = remove_paths(&meta, &root)?;
     // status last: see the module comment.
     let (status, rest): (Vec<&SharedChange>, Vec<&SharedChange>) =
@@ -445,7 +448,8 @@ fn remove_stale_temps(dir: &Path) {
     }
 }
 
-fn place_payload(store: &Store, manifest: &Manifest, root: &Path, link: LinkMode) -> Result<()> {
+/// Place files, symlinks and directories; returns the link mode actually used for files.
+fn place_payload(store: &Store, manifest: &Manifest, root: &Path, link: LinkMode) -> Result<String> {
     // Leftovers of a killed restore, in the directories this one writes to.
     let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
     for e in &manifest.entries {
@@ -495,6 +499,7 @@ fn place_payload(store: &Store, manifest: &Manifest, root: &Path, link: LinkMode
     let others: Vec<&Entry> = manifest.entries.iter().filter(|e| e.kind != EntryKind::Dir).collect();
     let abort_after = abort_after_files();
     let placed = std::sync::atomic::AtomicU64::new(0);
+    let link_stats = crate::restore::LinkStats::default();
     // Creating thousands of small files is bound by filesystem latency (journal, inode
     // allocation), not CPU: more threads than cores keep the disk queue full.
     let pool = rayon::ThreadPoolBuilder::new()
@@ -512,7 +517,7 @@ fn place_payload(store: &Store, manifest: &Manifest, root: &Path, link: LinkMode
             }
             match e.kind {
                 EntryKind::File => {
-                    crate::restore::place_file(store, e, &p, link, true)?;
+                    link_stats.record(crate::restore::place_file(store, e, &p, link, true)?);
                     let n = placed.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                     if abort_after == Some(n) {
                         std::process::exit(137);
@@ -530,7 +535,7 @@ fn place_payload(store: &Store, manifest: &Manifest, root: &Path, link: LinkMode
     for (e, p) in placed_dirs {
         crate::restore::apply_attrs(&p, e, true)?;
     }
-    Ok(())
+    Ok(link_stats.summary())
 }
 
 fn place_symlink(e: &Entry, p: &Path) -> Result<()> {
