@@ -415,6 +415,34 @@ impl Index {
         Ok(id)
     }
 
+    /// The id of the snapshot under `row.key` if it is exactly `row` + `manifest` (same kind,
+    /// source, metadata, root attributes and entries).
+    pub fn same_snapshot(&self, row: &SnapshotRow, manifest: &Manifest) -> Result<Option<i64>> {
+        let Some(old) = self.get(&row.key)? else {
+            return Ok(None);
+        };
+        let same_row = old.kind == row.kind
+            && old.source == row.source
+            && old.meta == row.meta
+            && (old.files, old.dirs, old.symlinks, old.bytes) == (row.files, row.dirs, row.symlinks, row.bytes)
+            && (old.root_mode, old.root_uid, old.root_gid, old.root_mtime_ns)
+                == (row.root_mode, row.root_uid, row.root_gid, row.root_mtime_ns);
+        if !same_row || self.manifest(old.id)?.entries != manifest.entries {
+            return Ok(None);
+        }
+        Ok(Some(old.id))
+    }
+
+    pub fn touch_created(&self, id: i64, now_ns: i64) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE snapshots SET created_ns = ?2 WHERE id = ?1",
+                params![id, now_ns],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
     pub fn mark_restored(&self, id: i64, now_ns: i64) -> Result<()> {
         self.conn
             .execute(

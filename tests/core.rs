@@ -52,10 +52,7 @@ fn round_trip_is_exact_for_copy_and_auto() {
     let d = tmp();
     let (src, store) = (d.path().join("src"), d.path().join("store"));
     build_tree(&src);
-    ok_json(&envsnap(
-        &store,
-        &["--json", "save", "dir", src.to_str().unwrap(), "--key", "k"],
-    ));
+    save_dir(&store, src.to_str().unwrap(), "k");
     let want = describe(&src);
     for mode in ["copy", "auto", "reflink"] {
         let dest = d.path().join(format!("out-{mode}"));
@@ -86,10 +83,7 @@ fn hardlink_restore_shares_store_inodes_and_keeps_exec_bits() {
     let d = tmp();
     let (src, store) = (d.path().join("src"), d.path().join("store"));
     build_tree(&src);
-    ok_json(&envsnap(
-        &store,
-        &["--json", "save", "dir", src.to_str().unwrap(), "--key", "k"],
-    ));
+    save_dir(&store, src.to_str().unwrap(), "k");
     let dest = d.path().join("out");
     let j = ok_json(&envsnap(
         &store,
@@ -130,10 +124,7 @@ fn lookup_exact_beats_newer_prefix_and_newest_prefix_wins_in_fallback_order() {
         let src = d.path().join(format!("src-{key}"));
         fs::create_dir_all(&src).unwrap();
         fs::write(src.join("which"), content).unwrap();
-        ok_json(&envsnap(
-            &store,
-            &["--json", "save", "dir", src.to_str().unwrap(), "--key", key],
-        ));
+        save_dir(&store, src.to_str().unwrap(), key);
         std::thread::sleep(std::time::Duration::from_millis(5));
     };
     save("deps-linux-aaa", "exact");
@@ -193,10 +184,7 @@ fn existing_destination_needs_force_and_is_untouched_without_it() {
     let d = tmp();
     let (src, store, dest) = (d.path().join("src"), d.path().join("store"), d.path().join("dest"));
     build_tree(&src);
-    ok_json(&envsnap(
-        &store,
-        &["--json", "save", "dir", src.to_str().unwrap(), "--key", "k"],
-    ));
+    save_dir(&store, src.to_str().unwrap(), "k");
     fs::create_dir_all(&dest).unwrap();
     fs::write(dest.join("precious"), b"keep me").unwrap();
     let o = envsnap(&store, &["restore", dest.to_str().unwrap(), "--key", "k"]);
@@ -251,10 +239,7 @@ fn restore_defaults_to_the_saved_path() {
     let (src, store) = (d.path().join("src"), d.path().join("store"));
     build_tree(&src);
     let want = describe(&src);
-    ok_json(&envsnap(
-        &store,
-        &["--json", "save", "dir", src.to_str().unwrap(), "--key", "k"],
-    ));
+    save_dir(&store, src.to_str().unwrap(), "k");
     fs::remove_dir_all(&src).unwrap();
     ok_json(&envsnap(&store, &["--json", "restore", "--key", "k"]));
     assert_eq!(describe(&src), want);
@@ -268,20 +253,20 @@ fn unchanged_resave_hashes_nothing_and_dedupes_across_keys() {
     // Files changed within a second of a save are "racy" and never cached: let them age.
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let s = src.to_str().unwrap();
-    let first = ok_json(&envsnap(&store, &["--json", "save", "dir", s, "--key", "a"]));
+    let first = save_dir(&store, s, "a");
     assert!(first["new_objects"].as_u64().unwrap() > 0);
-    let again = ok_json(&envsnap(&store, &["--json", "save", "dir", s, "--key", "b"]));
+    let again = save_dir(&store, s, "b");
     assert_eq!(again["hashed_files"], 0, "unchanged re-save must not read files");
     assert_eq!(again["new_bytes"], 0);
     // A touched file is re-hashed but adds no object (same content); a changed one adds one.
     set_mtime(&src.join("pkg/module.py"), 1_700_000_000, 0);
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let touched = ok_json(&envsnap(&store, &["--json", "save", "dir", s, "--key", "c"]));
+    let touched = save_dir(&store, s, "c");
     assert_eq!(touched["hashed_files"], 1);
     assert_eq!(touched["new_objects"], 0);
     fs::write(src.join("pkg/new.txt"), b"new content").unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let changed = ok_json(&envsnap(&store, &["--json", "save", "dir", s, "--key", "c"]));
+    let changed = save_dir(&store, s, "c");
     assert_eq!(
         (changed["hashed_files"].as_u64(), changed["new_objects"].as_u64()),
         (Some(1), Some(1))
@@ -291,20 +276,51 @@ fn unchanged_resave_hashes_nothing_and_dedupes_across_keys() {
 }
 
 #[test]
+fn an_unchanged_resave_of_the_same_key_rewrites_nothing() {
+    let d = tmp();
+    let (src, store) = (d.path().join("src"), d.path().join("store"));
+    build_tree(&src);
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // let the files stop being racy
+    let s = src.to_str().unwrap();
+    let first = save_dir(&store, s, "k");
+    let again = save_dir(&store, s, "k");
+    assert_eq!(
+        again["snapshot_id"], first["snapshot_id"],
+        "the same snapshot, not a rewrite"
+    );
+    assert_eq!(again["hashed_files"], 0);
+    // …and it counts as the newest for fallback lookups, like any save.
+    let other = d.path().join("other");
+    fs::create_dir_all(&other).unwrap();
+    save_dir(&store, other.to_str().unwrap(), "k-other");
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    save_dir(&store, s, "k");
+    let out = d.path().join("out");
+    let j = ok_json(&envsnap(
+        &store,
+        &[
+            "--json",
+            "restore",
+            out.to_str().unwrap(),
+            "--key",
+            "x",
+            "--fallback",
+            "k",
+        ],
+    ));
+    assert_eq!(j["matched_key"], "k");
+    assert_eq!(describe(&out), describe(&src));
+}
+
+#[test]
 fn saving_an_existing_key_points_it_at_the_new_snapshot() {
     let d = tmp();
     let (src, store) = (d.path().join("src"), d.path().join("store"));
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("v"), b"1").unwrap();
-    ok_json(&envsnap(
-        &store,
-        &["--json", "save", "dir", src.to_str().unwrap(), "--key", "k"],
-    ));
+    save_dir(&store, src.to_str().unwrap(), "k");
     fs::write(src.join("v"), b"2").unwrap();
-    ok_json(&envsnap(
-        &store,
-        &["--json", "save", "dir", src.to_str().unwrap(), "--key", "k"],
-    ));
+    save_dir(&store, src.to_str().unwrap(), "k");
     let out = d.path().join("out");
     ok_json(&envsnap(
         &store,
@@ -322,10 +338,7 @@ fn hostile_entries_planted_in_the_index_are_refused_and_nothing_escapes() {
     fs::create_dir_all(src.join("dir")).unwrap();
     fs::write(src.join("dir/f"), b"payload").unwrap();
     symlink(d.path(), src.join("link")).unwrap();
-    ok_json(&envsnap(
-        &store,
-        &["--json", "save", "dir", src.to_str().unwrap(), "--key", "k"],
-    ));
+    save_dir(&store, src.to_str().unwrap(), "k");
     let db = rusqlite::Connection::open(store.join("index.sqlite")).unwrap();
     let hostile: [&[u8]; 4] = [
         b"../escaped",
@@ -388,10 +401,7 @@ fn a_flipped_byte_is_caught_by_verify_and_by_restore() {
     let d = tmp();
     let (src, store) = (d.path().join("src"), d.path().join("store"));
     build_tree(&src);
-    ok_json(&envsnap(
-        &store,
-        &["--json", "save", "dir", src.to_str().unwrap(), "--key", "k"],
-    ));
+    save_dir(&store, src.to_str().unwrap(), "k");
     let obj = flip_a_byte(&store);
     let gh = d.path().join("gh");
     let o = envsnap_env(
@@ -418,10 +428,7 @@ fn a_flipped_byte_is_caught_by_verify_and_by_restore() {
     }
     // --repair removes the bad object; saving the tree again stores it anew and all is well.
     assert_eq!(code(&envsnap(&store, &["verify", "--repair"])), 2);
-    ok_json(&envsnap(
-        &store,
-        &["--json", "save", "dir", src.to_str().unwrap(), "--key", "k"],
-    ));
+    save_dir(&store, src.to_str().unwrap(), "k");
     assert_eq!(code(&envsnap(&store, &["verify"])), 0);
 }
 
@@ -475,17 +482,11 @@ fn gc_keeps_what_is_referenced_and_frees_what_is_not() {
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("shared"), b"shared by both").unwrap();
     fs::write(src.join("only-old"), vec![7u8; 100_000]).unwrap();
-    ok_json(&envsnap(
-        &store,
-        &["--json", "save", "dir", src.to_str().unwrap(), "--key", "old"],
-    ));
+    save_dir(&store, src.to_str().unwrap(), "old");
     fs::remove_file(src.join("only-old")).unwrap();
     fs::write(src.join("only-new"), vec![9u8; 50_000]).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(20));
-    ok_json(&envsnap(
-        &store,
-        &["--json", "save", "dir", src.to_str().unwrap(), "--key", "new"],
-    ));
+    save_dir(&store, src.to_str().unwrap(), "new");
     // Nothing is older than 7 days: nothing goes.
     let j = ok_json(&envsnap(&store, &["--json", "gc"]));
     assert_eq!(j["removed_objects"], 0);
@@ -523,10 +524,7 @@ fn github_output_lines_for_exact_fallback_and_miss() {
     let (src, store) = (d.path().join("src"), d.path().join("store"));
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("f"), b"x").unwrap();
-    ok_json(&envsnap(
-        &store,
-        &["--json", "save", "dir", src.to_str().unwrap(), "--key", "pre-1"],
-    ));
+    save_dir(&store, src.to_str().unwrap(), "pre-1");
     let gh = d.path().join("gh_output");
     let ghs = gh.to_str().unwrap();
     let run = |args: &[&str]| {
@@ -639,10 +637,7 @@ fn store_survives_a_tar_round_trip_like_a_ci_cache_step() {
     let d = tmp();
     let (src, store) = (d.path().join("src"), d.path().join("store"));
     build_tree(&src);
-    ok_json(&envsnap(
-        &store,
-        &["--json", "save", "dir", src.to_str().unwrap(), "--key", "k"],
-    ));
+    save_dir(&store, src.to_str().unwrap(), "k");
     // No absolute symlinks, sockets or other specials inside the store.
     for e in walkdir::WalkDir::new(&store) {
         let e = e.unwrap();
@@ -705,10 +700,7 @@ fn ownership_is_restored_when_running_as_root() {
     std::os::unix::fs::chown(src.join("pkg/setgid"), Some(7), Some(8)).unwrap();
     fs::set_permissions(src.join("pkg/setgid"), fs::Permissions::from_mode(0o6755)).unwrap();
     let want = describe(&src);
-    ok_json(&envsnap(
-        &store,
-        &["--json", "save", "dir", src.to_str().unwrap(), "--key", "k"],
-    ));
+    save_dir(&store, src.to_str().unwrap(), "k");
     let out = d.path().join("out");
     ok_json(&envsnap(
         &store,
@@ -795,10 +787,7 @@ fn full_disk_during_save_and_restore_leaves_nothing_half_written() {
 
     // Restore into a destination that fills up: no half tree is left.
     let good_store = d.path().join("store");
-    ok_json(&envsnap(
-        &good_store,
-        &["--json", "save", "dir", src.to_str().unwrap(), "--key", "k"],
-    ));
+    save_dir(&good_store, src.to_str().unwrap(), "k");
     let dest_mnt = Mount::tmpfs(&d.path().join("dest-fs"), "size=1m");
     let dest = dest_mnt.0.join("out");
     let o = envsnap(&good_store, &["restore", dest.to_str().unwrap(), "--key", "k"]);
@@ -822,10 +811,7 @@ fn read_only_store_is_a_clear_error() {
     fs::write(src.join("f"), b"x").unwrap();
     let m = Mount::tmpfs(&d.path().join("ro"), "size=4m");
     let store = m.0.join("store");
-    ok_json(&envsnap(
-        &store,
-        &["--json", "save", "dir", src.to_str().unwrap(), "--key", "k"],
-    ));
+    save_dir(&store, src.to_str().unwrap(), "k");
     m.remount("ro");
     let o = envsnap(&store, &["save", "dir", src.to_str().unwrap(), "--key", "k2"]);
     assert_eq!(code(&o), 2);
@@ -852,10 +838,7 @@ fn a_restore_killed_midway_leaves_no_tree_and_a_rerun_completes() {
     for i in 0..3000 {
         fs::write(src.join(format!("f{i}")), format!("content {i}").repeat(50)).unwrap();
     }
-    ok_json(&envsnap(
-        &store,
-        &["--json", "save", "dir", src.to_str().unwrap(), "--key", "k"],
-    ));
+    save_dir(&store, src.to_str().unwrap(), "k");
     let dest = d.path().join("out");
     let mut child = std::process::Command::new(bin())
         .args([
@@ -901,10 +884,7 @@ fn gc_running_beside_saves_never_breaks_a_snapshot() {
     // Seed the store so gc has work from the start.
     let seed = d.path().join("seed");
     build_tree(&seed);
-    ok_json(&envsnap(
-        &store,
-        &["--json", "save", "dir", seed.to_str().unwrap(), "--key", "seed"],
-    ));
+    save_dir(&store, seed.to_str().unwrap(), "seed");
     let gc_store = s.clone();
     let gc = std::thread::spawn(move || {
         for _ in 0..15 {
@@ -956,15 +936,9 @@ fn large_files_stream_through_the_store_and_the_store_inside_the_tree_is_skipped
     fs::write(src.join("small"), b"s").unwrap();
     // `save dir . --store ./.envsnap`: the store must not snapshot itself.
     let store = src.join(".envsnap");
-    let j = ok_json(&envsnap(
-        &store,
-        &["--json", "save", "dir", src.to_str().unwrap(), "--key", "k"],
-    ));
+    let j = save_dir(&store, src.to_str().unwrap(), "k");
     assert_eq!(j["files"], 2, "{j}");
-    let again = ok_json(&envsnap(
-        &store,
-        &["--json", "save", "dir", src.to_str().unwrap(), "--key", "k2"],
-    ));
+    let again = save_dir(&store, src.to_str().unwrap(), "k2");
     assert_eq!(again["new_objects"], 0);
     let out = d.path().join("out");
     ok_json(&envsnap(
@@ -982,10 +956,7 @@ fn force_restore_over_a_tree_holding_the_store_keeps_the_store() {
     fs::create_dir_all(&proj).unwrap();
     fs::write(proj.join("f"), b"x").unwrap();
     let store = proj.join(".envsnap");
-    ok_json(&envsnap(
-        &store,
-        &["--json", "save", "dir", proj.to_str().unwrap(), "--key", "k"],
-    ));
+    save_dir(&store, proj.to_str().unwrap(), "k");
     let o = envsnap(&store, &["restore", proj.to_str().unwrap(), "--key", "k", "--force"]);
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("the store"), "{}", stderr(&o));
@@ -999,10 +970,7 @@ fn hardlink_restore_refuses_a_symlink_planted_in_the_store() {
     let (src, store) = (d.path().join("src"), d.path().join("store"));
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("f"), b"payload!").unwrap();
-    ok_json(&envsnap(
-        &store,
-        &["--json", "save", "dir", src.to_str().unwrap(), "--key", "k"],
-    ));
+    save_dir(&store, src.to_str().unwrap(), "k");
     let victim = d.path().join("victim");
     fs::write(&victim, b"victim!!").unwrap(); // same size as the object
     let obj = walkdir::WalkDir::new(store.join("objects-v1"))

@@ -42,6 +42,11 @@ pub fn ok_json(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("bad JSON {e}: {}", String::from_utf8_lossy(&o.stdout)))
 }
 
+/// `envsnap --json save dir SRC --key KEY`, asserting success; the parsed JSON.
+pub fn save_dir(store: &Path, src: &str, key: &str) -> serde_json::Value {
+    ok_json(&envsnap(store, &["--json", "save", "dir", src, "--key", key]))
+}
+
 /// Everything a restore must reproduce about one path.
 #[derive(Debug, PartialEq, Eq, Clone)]
 pub struct Attr {
