@@ -149,22 +149,32 @@ pub fn save(store: &Store, req: SaveRequest) -> Result<SaveReport> {
 
     let cache = store.index().statcache(&root)?;
     let scanner_id = req.scanner.map(|s| s.id()).unwrap_or_default();
-    let mut to_hash = Vec::new();
     let mut statrows: Vec<(Vec<u8>, StatRow)> = Vec::new();
-    for (i, s) in scanned.iter_mut().enumerate() {
+    // Stat-cache hits, checked in parallel: the object-exists check is a stat per file.
+    let hits: Vec<Option<&StatRow>> = scanned
+        .par_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            if s.entry.kind != EntryKind::File || follower_of.contains_key(&i) {
+                return None;
+            }
+            let exec = s.entry.mode & 0o111 != 0;
+            cache.get(&s.entry.path).filter(|c| {
+                c.size == s.entry.size
+                    && c.mtime_ns == s.entry.mtime_ns
+                    && c.ctime_ns == s.ctime_ns
+                    && c.ino == s.ino
+                    && c.exec == exec
+                    && c.scanner == scanner_id
+                    && store.objects.exists(&c.object)
+            })
+        })
+        .collect();
+    let mut to_hash = Vec::new();
+    for (i, (s, hit)) in scanned.iter_mut().zip(hits).enumerate() {
         if s.entry.kind != EntryKind::File || follower_of.contains_key(&i) {
             continue;
         }
-        let exec = s.entry.mode & 0o111 != 0;
-        let hit = cache.get(&s.entry.path).filter(|c| {
-            c.size == s.entry.size
-                && c.mtime_ns == s.entry.mtime_ns
-                && c.ctime_ns == s.ctime_ns
-                && c.ino == s.ino
-                && c.exec == exec
-                && c.scanner == scanner_id
-                && store.objects.exists(&c.object)
-        });
         match hit {
             Some(c) => {
                 s.entry.object = Some(c.object);
