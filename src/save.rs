@@ -393,9 +393,11 @@ fn read_xattrs(p: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     Ok(out)
 }
 
+/// Walk the tree, then `lstat` and describe every path in parallel: on an unchanged re-save the
+/// per-path `lstat` is most of the work. The walk itself only reads directories (`getdents`
+/// gives the file types); directories are stat'ed during the walk, to skip the store.
 fn scan_tree(root: &Path, xattrs: bool, skip_dir: Option<(u64, u64)>) -> Result<(Vec<Scanned>, Vec<PathBuf>)> {
-    let mut out = Vec::new();
-    let mut skipped = Vec::new();
+    let mut paths = Vec::new();
     let mut it = walkdir::WalkDir::new(root)
         .follow_links(false)
         .sort_by_file_name()
@@ -411,23 +413,30 @@ fn scan_tree(root: &Path, xattrs: bool, skip_dir: Option<(u64, u64)>) -> Result<
         if de.depth() == 0 {
             continue;
         }
-        let m = de.metadata().map_err(|e| {
-            let p = de.path().to_path_buf();
-            Error::io(
-                "stat",
-                p,
-                e.into_io_error()
-                    .unwrap_or_else(|| std::io::Error::other("stat failed")),
-            )
-        })?;
         // Never snapshot the store into itself (`save dir . --store .envsnap`).
-        if m.is_dir() && Some((m.dev(), m.ino())) == skip_dir {
-            it.skip_current_dir();
-            continue;
+        if de.file_type().is_dir() && skip_dir.is_some() {
+            let m = std::fs::symlink_metadata(de.path()).at("stat", de.path())?;
+            if Some((m.dev(), m.ino())) == skip_dir {
+                it.skip_current_dir();
+                continue;
+            }
         }
-        match entry_for(root, de.path(), &m, xattrs)? {
+        paths.push(de.into_path());
+    }
+    let described: Vec<(PathBuf, Option<Scanned>)> = paths
+        .into_par_iter()
+        .map(|p| {
+            let m = std::fs::symlink_metadata(&p).at("stat", &p)?;
+            let s = entry_for(root, &p, &m, xattrs)?;
+            Ok((p, s))
+        })
+        .collect::<Result<_>>()?;
+    let mut out = Vec::with_capacity(described.len());
+    let mut skipped = Vec::new();
+    for (p, s) in described {
+        match s {
             Some(s) => out.push(s),
-            None => skipped.push(de.path().to_path_buf()),
+            None => skipped.push(p),
         }
     }
     Ok((out, skipped))
