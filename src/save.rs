@@ -279,33 +279,23 @@ pub fn save(store: &Store, req: SaveRequest) -> Result<SaveReport> {
     };
     // An unchanged re-save (nothing re-read, same tree, same metadata) rewrites nothing: the key
     // already points at this exact snapshot. It only becomes the newest, as a save would.
-    if to_hash.is_empty() {
-        // Bound first: the index guard must be released before `touch_created` takes it again.
-        let same = store.index().same_snapshot(&row, &manifest)?;
-        if let Some(id) = same {
+    // (Bound first: the index guard must be released before it is taken again.)
+    let unchanged = if to_hash.is_empty() {
+        store.index().same_snapshot(&row, &manifest)?
+    } else {
+        None
+    };
+    let snapshot_id = match unchanged {
+        Some(id) => {
             store.index().touch_created(id, row.created_ns)?;
-            return Ok(SaveReport {
-                snapshot_id: id,
-                key: req.key,
-                kind: req.kind,
-                source: root,
-                files,
-                dirs,
-                symlinks,
-                bytes,
-                hashed_files: 0,
-                new_objects: 0,
-                new_bytes: 0,
-                skipped_special: skipped,
-                seconds: start.elapsed().as_secs_f64(),
-            });
+            id
         }
-    }
-    let snapshot_id = store.index().commit_snapshot(NewSnapshot {
-        row: &row,
-        manifest: &manifest,
-        statcache: statrows,
-    })?;
+        None => store.index().commit_snapshot(NewSnapshot {
+            row: &row,
+            manifest: &manifest,
+            statcache: statrows,
+        })?,
+    };
     Ok(SaveReport {
         snapshot_id,
         key: req.key,
