@@ -85,18 +85,7 @@ fn hardlink_restore_shares_store_inodes_and_keeps_exec_bits() {
     build_tree(&src);
     save_dir(&store, src.to_str().unwrap(), "k");
     let dest = d.path().join("out");
-    let j = ok_json(&envsnap(
-        &store,
-        &[
-            "--json",
-            "restore",
-            dest.to_str().unwrap(),
-            "--key",
-            "k",
-            "--link",
-            "hardlink",
-        ],
-    ));
+    let j = restore_json(&store, dest.to_str().unwrap(), &["--key", "k", "--link", "hardlink"]);
     assert_eq!(j["link"], "hardlink");
     let (want, got) = (describe(&src), describe(&dest));
     for (p, w) in &want {
@@ -192,32 +181,15 @@ fn existing_destination_needs_force_and_is_untouched_without_it() {
     assert!(stderr(&o).contains("--force"), "{}", stderr(&o));
     assert_eq!(fs::read(dest.join("precious")).unwrap(), b"keep me");
     // --dry-run changes nothing either.
-    ok_json(&envsnap(
-        &store,
-        &[
-            "--json",
-            "restore",
-            dest.to_str().unwrap(),
-            "--key",
-            "k",
-            "--force",
-            "--dry-run",
-        ],
-    ));
+    restore_json(&store, dest.to_str().unwrap(), &["--key", "k", "--force", "--dry-run"]);
     assert!(dest.join("precious").exists());
-    ok_json(&envsnap(
-        &store,
-        &["--json", "restore", dest.to_str().unwrap(), "--key", "k", "--force"],
-    ));
+    restore_json(&store, dest.to_str().unwrap(), &["--key", "k", "--force"]);
     assert!(!dest.join("precious").exists());
     assert_eq!(describe(&dest), describe(&src));
     // An empty directory is replaced without --force; a file in the way is refused.
     let empty = d.path().join("empty-dest");
     fs::create_dir(&empty).unwrap();
-    ok_json(&envsnap(
-        &store,
-        &["--json", "restore", empty.to_str().unwrap(), "--key", "k"],
-    ));
+    restore_json(&store, empty.to_str().unwrap(), &["--key", "k"]);
     let file = d.path().join("a-file");
     fs::write(&file, b"x").unwrap();
     assert_eq!(
@@ -241,7 +213,7 @@ fn restore_defaults_to_the_saved_path() {
     let want = describe(&src);
     save_dir(&store, src.to_str().unwrap(), "k");
     fs::remove_dir_all(&src).unwrap();
-    ok_json(&envsnap(&store, &["--json", "restore", "--key", "k"]));
+    restore_json(&store, "--key", &["k"]);
     assert_eq!(describe(&src), want);
 }
 
@@ -296,18 +268,7 @@ fn an_unchanged_resave_of_the_same_key_rewrites_nothing() {
     std::thread::sleep(std::time::Duration::from_millis(5));
     save_dir(&store, s, "k");
     let out = d.path().join("out");
-    let j = ok_json(&envsnap(
-        &store,
-        &[
-            "--json",
-            "restore",
-            out.to_str().unwrap(),
-            "--key",
-            "x",
-            "--fallback",
-            "k",
-        ],
-    ));
+    let j = restore_json(&store, out.to_str().unwrap(), &["--key", "x", "--fallback", "k"]);
     assert_eq!(j["matched_key"], "k");
     assert_eq!(describe(&out), describe(&src));
 }
@@ -322,10 +283,7 @@ fn saving_an_existing_key_points_it_at_the_new_snapshot() {
     fs::write(src.join("v"), b"2").unwrap();
     save_dir(&store, src.to_str().unwrap(), "k");
     let out = d.path().join("out");
-    ok_json(&envsnap(
-        &store,
-        &["--json", "restore", out.to_str().unwrap(), "--key", "k"],
-    ));
+    restore_json(&store, out.to_str().unwrap(), &["--key", "k"]);
     assert_eq!(fs::read(out.join("v")).unwrap(), b"2");
     let list = ok_json(&envsnap(&store, &["--json", "list"]));
     assert_eq!(list["snapshots"].as_array().unwrap().len(), 1);
@@ -496,10 +454,7 @@ fn gc_keeps_what_is_referenced_and_frees_what_is_not() {
     assert_eq!(j["removed_objects"], 1);
     assert_eq!(j["freed_bytes"], 100_000);
     let out = d.path().join("out");
-    ok_json(&envsnap(
-        &store,
-        &["--json", "restore", out.to_str().unwrap(), "--key", "new"],
-    ));
+    restore_json(&store, out.to_str().unwrap(), &["--key", "new"]);
     assert_eq!(fs::read(out.join("shared")).unwrap(), b"shared by both");
     assert_eq!(code(&envsnap(&store, &["verify"])), 0);
     // --keep-last protects the most recently used even past --max-age.
@@ -625,10 +580,7 @@ fn special_files_are_skipped_with_a_warning_naming_them() {
         stderr(&o)
     );
     let out = d.path().join("out");
-    ok_json(&envsnap(
-        &store,
-        &["--json", "restore", out.to_str().unwrap(), "--key", "k"],
-    ));
+    restore_json(&store, out.to_str().unwrap(), &["--key", "k"]);
     assert!(out.join("f").exists() && !out.join("a-fifo").exists());
 }
 
@@ -674,10 +626,7 @@ fn store_survives_a_tar_round_trip_like_a_ci_cache_step() {
     ));
     assert_eq!(code(&envsnap(&store2, &["verify"])), 0);
     let out = d.path().join("out");
-    ok_json(&envsnap(
-        &store2,
-        &["--json", "restore", out.to_str().unwrap(), "--key", "k"],
-    ));
+    restore_json(&store2, out.to_str().unwrap(), &["--key", "k"]);
     assert_eq!(describe(&out), describe(&src));
 }
 
@@ -702,10 +651,7 @@ fn ownership_is_restored_when_running_as_root() {
     let want = describe(&src);
     save_dir(&store, src.to_str().unwrap(), "k");
     let out = d.path().join("out");
-    ok_json(&envsnap(
-        &store,
-        &["--json", "restore", out.to_str().unwrap(), "--key", "k"],
-    ));
+    restore_json(&store, out.to_str().unwrap(), &["--key", "k"]);
     let got = describe(&out);
     assert_eq!(got["pkg/module.py"].uid, 1234);
     assert_eq!(got["absolute-link"].gid, 43);
@@ -863,10 +809,7 @@ fn a_restore_killed_midway_leaves_no_tree_and_a_rerun_completes() {
         );
         fs::remove_dir_all(&dest).unwrap();
     }
-    ok_json(&envsnap(
-        &store,
-        &["--json", "restore", dest.to_str().unwrap(), "--key", "k"],
-    ));
+    restore_json(&store, dest.to_str().unwrap(), &["--key", "k"]);
     assert_eq!(describe(&dest), describe(&src));
     // The killed restore's staging directory was cleaned up by the rerun.
     let names: Vec<String> = fs::read_dir(d.path())
@@ -941,10 +884,7 @@ fn large_files_stream_through_the_store_and_the_store_inside_the_tree_is_skipped
     let again = save_dir(&store, src.to_str().unwrap(), "k2");
     assert_eq!(again["new_objects"], 0);
     let out = d.path().join("out");
-    ok_json(&envsnap(
-        &store,
-        &["--json", "restore", out.to_str().unwrap(), "--key", "k"],
-    ));
+    restore_json(&store, out.to_str().unwrap(), &["--key", "k"]);
     assert_eq!(fs::read(out.join("big.bin")).unwrap(), big);
     assert!(!out.join(".envsnap").exists());
 }

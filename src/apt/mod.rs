@@ -46,6 +46,18 @@ pub struct AptMeta {
     pub shared: Vec<SharedChange>,
 }
 
+impl AptMeta {
+    /// Names of the packages the snapshot installed, changed or removed: files they own are the
+    /// snapshot's to write.
+    pub fn own_package_names(&self) -> std::collections::HashSet<&str> {
+        self.packages
+            .iter()
+            .map(|p| p.name.as_str())
+            .chain(self.removed_packages.iter().map(|p| p.name.as_str()))
+            .collect()
+    }
+}
+
 pub fn canonical_root(root: &Path) -> Result<PathBuf> {
     std::fs::canonicalize(root).at("resolve", root)
 }

@@ -135,12 +135,7 @@ pub fn check_compat(meta: &AptMeta, manifest: &Manifest, root: &Path) -> Result<
     }
     // Files the snapshot writes that a target package outside the snapshot owns: that package
     // must be exactly as in the snapshot's base, or the snapshot would clobber another version.
-    let ours: HashSet<&str> = meta
-        .packages
-        .iter()
-        .map(|p| p.name.as_str())
-        .chain(meta.removed_packages.iter().map(|p| p.name.as_str()))
-        .collect();
+    let ours = meta.own_package_names();
     let paths: HashSet<String> = manifest
         .entries
         .iter()
@@ -570,12 +565,7 @@ fn remove_paths(meta: &AptMeta, root: &Path) -> Result<u64> {
     }
     let q: HashSet<String> = meta.removed_paths.iter().map(|p| format!("/{p}")).collect();
     let owners = owners(root, &q)?;
-    let ours: HashSet<&str> = meta
-        .packages
-        .iter()
-        .map(|p| p.name.as_str())
-        .chain(meta.removed_packages.iter().map(|p| p.name.as_str()))
-        .collect();
+    let ours = meta.own_package_names();
     let base: HashSet<&str> = meta.base_packages.iter().map(|p| p.name.as_str()).collect();
     let mut n = 0;
     // Deepest first so directories are empty when their turn comes.

@@ -47,6 +47,13 @@ pub fn save_dir(store: &Path, src: &str, key: &str) -> serde_json::Value {
     ok_json(&envsnap(store, &["--json", "save", "dir", src, "--key", key]))
 }
 
+/// `envsnap --json restore DEST ARGS…`, asserting success; the parsed JSON.
+pub fn restore_json(store: &Path, dest: &str, args: &[&str]) -> serde_json::Value {
+    let mut a = vec!["--json", "restore", dest];
+    a.extend_from_slice(args);
+    ok_json(&envsnap(store, &a))
+}
+
 /// Everything a restore must reproduce about one path.
 #[derive(Debug, PartialEq, Eq, Clone)]
 pub struct Attr {
