@@ -121,10 +121,12 @@ pub fn gc(store: &Store, opts: &GcOptions) -> Result<GcReport> {
         return Ok(report);
     }
     store.index().delete_snapshots(&remove)?;
+    // The stat cache first: a save trusts it without checking the object exists, so it must
+    // never name an object that is gone (not even after a gc killed midway).
+    store.index().retain_statcache(|o| live.contains(o))?;
     for (id, _) in present.iter().filter(|(id, _)| !live.contains(id)) {
         store.objects.delete(id)?;
     }
-    store.index().prune_statcache()?;
     // With the exclusive lock held no save is running: every temporary file is garbage.
     if let Ok(rd) = std::fs::read_dir(store.objects.tmp_dir()) {
         for e in rd.flatten() {

@@ -6,9 +6,9 @@
 
 use crate::error::{Error, Result};
 use crate::snapshot::{Entry, EntryKind, Manifest};
+use crate::statcache::StatCache;
 use crate::store::ObjectId;
 use rusqlite::{params, Connection, OptionalExtension};
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -68,6 +68,17 @@ const MIGRATIONS: &[&str] = &[
         note TEXT,
         PRIMARY KEY (source, path)
     ) WITHOUT ROWID;",
+    // 2: `Manifest::digest` of each snapshot, so an unchanged re-save compares one value instead
+    // of loading the stored entries (NULL for older snapshots: compared entry by entry); the
+    // stat cache becomes one binary record per source (`statcache.rs`). The old rows are only a
+    // cache: the next save from each source reads its files once more.
+    "ALTER TABLE snapshots ADD COLUMN manifest_digest TEXT;
+    DROP TABLE statcache;
+    CREATE TABLE statcache (
+        source BLOB PRIMARY KEY,
+        scanner TEXT NOT NULL,
+        data BLOB NOT NULL
+    );",
 ];
 
 #[derive(Clone, Debug)]
@@ -95,19 +106,6 @@ impl SnapshotRow {
     pub fn last_used_ns(&self) -> i64 {
         self.last_restored_ns.unwrap_or(self.created_ns).max(self.created_ns)
     }
-}
-
-/// A file's stat identity and hash from the previous save of the same source directory.
-#[derive(Clone, Debug)]
-pub struct StatRow {
-    pub size: u64,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
-    pub ino: u64,
-    pub exec: bool,
-    pub scanner: String,
-    pub object: ObjectId,
-    pub note: Option<String>,
 }
 
 pub struct Index {
@@ -145,16 +143,31 @@ fn snap_from_row(r: &rusqlite::Row) -> rusqlite::Result<SnapshotRow> {
 pub struct NewSnapshot<'a> {
     pub row: &'a SnapshotRow,
     pub manifest: &'a Manifest,
-    /// Replaces the stat cache for `row.source` (path, stat row).
-    pub statcache: Vec<(Vec<u8>, StatRow)>,
+    /// Replaces the stat cache for `row.source`.
+    pub statcache: &'a StatCache,
 }
 
 impl Index {
     pub fn open(path: &Path) -> Result<Self> {
         let err = |e| Error::index(path, e);
         let conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(60)).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        let patience = std::time::Duration::from_secs(60);
+        conn.busy_timeout(patience).map_err(err)?;
+        // Switching a new database to WAL takes an exclusive lock and SQLite does not call the
+        // busy handler for it: concurrent first saves into a fresh store got "database is
+        // locked". Retry it here, as long as any other statement would wait.
+        let start = std::time::Instant::now();
+        loop {
+            match conn.pragma_update(None, "journal_mode", "WAL") {
+                Ok(()) => break,
+                Err(rusqlite::Error::SqliteFailure(f, _))
+                    if f.code == rusqlite::ErrorCode::DatabaseBusy && start.elapsed() < patience =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => return Err(err(e)),
+            }
+        }
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(err)?;
         let mut idx = Index {
@@ -295,35 +308,21 @@ impl Index {
         Ok(Manifest { entries })
     }
 
-    pub fn statcache(&self, source: &Path) -> Result<HashMap<Vec<u8>, StatRow>> {
-        let mut st = self
+    /// The stat cache of the last save from `source`; empty if there is none or it was written
+    /// in another format.
+    pub fn statcache(&self, source: &Path) -> Result<StatCache> {
+        let row: Option<(String, Vec<u8>)> = self
             .conn
-            .prepare(
-                "SELECT path, size, mtime_ns, ctime_ns, ino, exec, scanner, object, note FROM statcache \
-                 WHERE source = ?1",
+            .query_row(
+                "SELECT scanner, data FROM statcache WHERE source = ?1",
+                [source.as_os_str().as_bytes()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
+            .optional()
             .map_err(|e| self.err(e))?;
-        let mut rows = st.query([source.as_os_str().as_bytes()]).map_err(|e| self.err(e))?;
-        let mut out = HashMap::new();
-        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
-            let g = |e| Error::index(&self.path, e);
-            let object: String = r.get(7).map_err(g)?;
-            let Ok(object) = object.parse() else { continue };
-            out.insert(
-                r.get(0).map_err(g)?,
-                StatRow {
-                    size: r.get::<_, i64>(1).map_err(g)? as u64,
-                    mtime_ns: r.get(2).map_err(g)?,
-                    ctime_ns: r.get(3).map_err(g)?,
-                    ino: r.get::<_, i64>(4).map_err(g)? as u64,
-                    exec: r.get(5).map_err(g)?,
-                    scanner: r.get(6).map_err(g)?,
-                    object,
-                    note: r.get(8).map_err(g)?,
-                },
-            );
-        }
-        Ok(out)
+        Ok(row
+            .and_then(|(scanner, data)| StatCache::decode(scanner, &data))
+            .unwrap_or_default())
     }
 
     /// Commit a snapshot in one transaction: it replaces any snapshot with the same key (keys
@@ -340,8 +339,8 @@ impl Index {
             .map_err(err)?;
         tx.execute(
             "INSERT INTO snapshots (key, kind, created_ns, source, tool_version, meta, files, dirs, symlinks, bytes, \
-             root_mode, root_uid, root_gid, root_mtime_ns, last_restored_ns) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, NULL)",
+             root_mode, root_uid, root_gid, root_mtime_ns, last_restored_ns, manifest_digest) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, NULL, ?15)",
             params![
                 row.key,
                 row.kind,
@@ -357,6 +356,7 @@ impl Index {
                 row.root_uid,
                 row.root_gid,
                 row.root_mtime_ns,
+                new.manifest.digest(),
             ],
         )
         .map_err(err)?;
@@ -386,31 +386,16 @@ impl Index {
                 ])
                 .map_err(err)?;
             }
-            let src = row.source.as_os_str().as_bytes();
-            tx.execute("DELETE FROM statcache WHERE source = ?1", [src])
-                .map_err(err)?;
-            let mut sc = tx
-                .prepare(
-                    "INSERT INTO statcache (source, path, size, mtime_ns, ctime_ns, ino, exec, scanner, object, note) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                )
-                .map_err(err)?;
-            for (p, s) in &new.statcache {
-                sc.execute(params![
-                    src,
-                    p,
-                    s.size as i64,
-                    s.mtime_ns,
-                    s.ctime_ns,
-                    s.ino as i64,
-                    s.exec,
-                    s.scanner,
-                    s.object.to_string(),
-                    s.note
-                ])
-                .map_err(err)?;
-            }
         }
+        tx.execute(
+            "INSERT OR REPLACE INTO statcache (source, scanner, data) VALUES (?1, ?2, ?3)",
+            params![
+                row.source.as_os_str().as_bytes(),
+                new.statcache.scanner,
+                new.statcache.encode()
+            ],
+        )
+        .map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(id)
     }
@@ -427,10 +412,22 @@ impl Index {
             && (old.files, old.dirs, old.symlinks, old.bytes) == (row.files, row.dirs, row.symlinks, row.bytes)
             && (old.root_mode, old.root_uid, old.root_gid, old.root_mtime_ns)
                 == (row.root_mode, row.root_uid, row.root_gid, row.root_mtime_ns);
-        if !same_row || self.manifest(old.id)?.entries != manifest.entries {
+        if !same_row {
             return Ok(None);
         }
-        Ok(Some(old.id))
+        let stored: Option<String> = self
+            .conn
+            .query_row("SELECT manifest_digest FROM snapshots WHERE id = ?1", [old.id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.err(e))?
+            .flatten();
+        let same = match stored {
+            Some(d) => d == manifest.digest(),
+            None => self.manifest(old.id)?.entries == manifest.entries,
+        };
+        Ok(same.then_some(old.id))
     }
 
     pub fn touch_created(&self, id: i64, now_ns: i64) -> Result<()> {
@@ -483,16 +480,46 @@ impl Index {
         Ok(out)
     }
 
-    /// Drop stat-cache rows whose object no snapshot references any more (after gc's sweep
-    /// those objects are gone). One set-based statement: gc of a large store stays fast.
-    pub fn prune_statcache(&self) -> Result<()> {
-        self.conn
-            .execute(
-                "DELETE FROM statcache WHERE object NOT IN (SELECT object FROM entries WHERE object IS NOT NULL)",
-                [],
-            )
-            .map(|_| ())
-            .map_err(|e| self.err(e))
+    /// Drop the stat-cache rows whose object `keep` refuses, in every source's cache. gc keeps
+    /// only objects some snapshot still references, `verify --repair` drops corrupt and missing
+    /// ones; both before they delete anything, because a save trusts the cache.
+    pub fn retain_statcache(&mut self, mut keep: impl FnMut(&ObjectId) -> bool) -> Result<()> {
+        let path = self.path.clone();
+        let err = |e| Error::index(&path, e);
+        // IMMEDIATE: it reads then writes; a deferred transaction would fail, not wait, if
+        // another writer committed in between.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let caches: Vec<(Vec<u8>, String, Vec<u8>)> = {
+            let mut st = tx.prepare("SELECT source, scanner, data FROM statcache").map_err(err)?;
+            let rows = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .map_err(err)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(err)?
+        };
+        for (source, scanner, data) in caches {
+            match StatCache::decode(scanner, &data) {
+                Some(mut c) => {
+                    let before = c.len();
+                    c.retain_objects(&mut keep);
+                    if c.len() != before {
+                        tx.execute(
+                            "UPDATE statcache SET data = ?2 WHERE source = ?1",
+                            params![source, c.encode()],
+                        )
+                        .map_err(err)?;
+                    }
+                }
+                // Unreadable: it is only a cache.
+                None => {
+                    tx.execute("DELETE FROM statcache WHERE source = ?1", [source])
+                        .map_err(err)?;
+                }
+            }
+        }
+        tx.commit().map_err(err)
     }
 }
 
@@ -541,6 +568,109 @@ mod tests {
         ];
         assert_eq!(decode_xattrs(&encode_xattrs(&x)).unwrap(), x);
         assert!(decode_xattrs(b"name\0\x05\0\0\0ab").is_err());
+    }
+
+    fn file(path: &str, byte: u8) -> Entry {
+        Entry {
+            path: path.as_bytes().to_vec(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: 1,
+            mtime_ns: 5,
+            object: Some(ObjectId::new(blake3::hash(&[byte]), false)),
+            target: None,
+            link_group: None,
+            xattrs: vec![],
+            note: None,
+        }
+    }
+
+    /// A store written by the first release (schema 1) is upgraded in place: its snapshots stay
+    /// restorable, one without a manifest digest is still recognised as unchanged, and its old
+    /// stat-cache rows are dropped (they only cost one re-read).
+    #[test]
+    fn a_schema_1_store_is_upgraded_and_keeps_its_snapshots() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join(INDEX_FILE);
+        let c = Connection::open(&p).unwrap();
+        c.execute_batch(MIGRATIONS[0]).unwrap();
+        c.pragma_update(None, "user_version", 1).unwrap();
+        c.execute(
+            "INSERT INTO snapshots (key, kind, created_ns, source, tool_version, meta, files, dirs, symlinks, \
+             bytes, root_mode, root_uid, root_gid, root_mtime_ns) \
+             VALUES ('k', 'dir', 1, X'2F73', '0.1.0', '{}', 1, 0, 0, 1, 493, 0, 0, 7)",
+            [],
+        )
+        .unwrap();
+        let e = file("a", 1);
+        c.execute(
+            "INSERT INTO entries (snapshot, path, kind, mode, uid, gid, size, mtime_ns, object) \
+             VALUES (1, ?1, 0, 420, 0, 0, 1, 5, ?2)",
+            params![e.path, e.object.unwrap().to_string()],
+        )
+        .unwrap();
+        c.execute(
+            "INSERT INTO statcache VALUES (X'2F73', X'61', 1, 5, 5, 9, 0, '', ?1, NULL)",
+            [e.object.unwrap().to_string()],
+        )
+        .unwrap();
+        drop(c);
+
+        let idx = Index::open(&p).unwrap();
+        assert_eq!(idx.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        let row = idx.get("k").unwrap().unwrap();
+        let m = idx.manifest(row.id).unwrap();
+        assert_eq!(m.entries, vec![e.clone()]);
+        assert!(idx.statcache(Path::new("/s")).unwrap().is_empty());
+        // No digest stored: compared entry by entry.
+        assert_eq!(idx.same_snapshot(&row, &m).unwrap(), Some(row.id));
+        let other = Manifest {
+            entries: vec![file("a", 2)],
+        };
+        assert_eq!(idx.same_snapshot(&row, &other).unwrap(), None);
+    }
+
+    #[test]
+    fn same_snapshot_compares_the_stored_digest() {
+        let d = tempfile::tempdir().unwrap();
+        let mut idx = Index::open(&d.path().join(INDEX_FILE)).unwrap();
+        let m = Manifest {
+            entries: vec![file("a", 1), file("b", 2)],
+        };
+        let mut row = SnapshotRow {
+            id: 0,
+            key: "k".into(),
+            kind: "dir".into(),
+            created_ns: 1,
+            source: "/s".into(),
+            tool_version: "t".into(),
+            meta: serde_json::json!({}),
+            files: 2,
+            dirs: 0,
+            symlinks: 0,
+            bytes: 2,
+            root_mode: 0o755,
+            root_uid: 0,
+            root_gid: 0,
+            root_mtime_ns: 7,
+            last_restored_ns: None,
+        };
+        let sc = StatCache::default();
+        let id = idx
+            .commit_snapshot(NewSnapshot {
+                row: &row,
+                manifest: &m,
+                statcache: &sc,
+            })
+            .unwrap();
+        assert_eq!(idx.same_snapshot(&row, &m).unwrap(), Some(id));
+        let mut changed = m.clone();
+        changed.entries[1].mode = 0o600;
+        assert_eq!(idx.same_snapshot(&row, &changed).unwrap(), None);
+        row.root_mode = 0o700;
+        assert_eq!(idx.same_snapshot(&row, &m).unwrap(), None);
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod repo;
 pub mod restore;
 pub mod save;
 pub mod snapshot;
+pub mod statcache;
 pub mod store;
 pub mod venv;
 pub mod verify;

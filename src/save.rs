@@ -5,12 +5,14 @@
 //! same path are not read again. Hashing and ingest run in parallel; each file is read once.
 
 use crate::error::{Error, IoContext, Result};
-use crate::index::{NewSnapshot, SnapshotRow, StatRow};
+use crate::index::{NewSnapshot, SnapshotRow};
 use crate::progress::{self, Progress};
 use crate::repo::{now_ns, Store};
 use crate::snapshot::{Entry, EntryKind, Manifest};
+use crate::statcache::{StatCache, StatRow};
 use rayon::prelude::*;
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -84,7 +86,6 @@ pub struct SaveReport {
 /// One scanned path with the stat fields the cache compares.
 struct Scanned {
     entry: Entry,
-    abs: PathBuf,
     ctime_ns: i64,
     ino: u64,
     dev: u64,
@@ -123,11 +124,20 @@ pub fn save(store: &Store, req: SaveRequest) -> Result<SaveReport> {
     let started_ns = now_ns();
 
     let store_id = std::fs::metadata(store.root()).map(|m| (m.dev(), m.ino())).ok();
-    let (mut scanned, skipped) = match &req.selection {
-        Selection::Tree => scan_tree(&root, req.xattrs, store_id)?,
-        Selection::Paths(paths) => (scan_paths(&root, paths, req.xattrs)?, Vec::new()),
-    };
-    scanned.sort_by(|a, b| a.entry.path.cmp(&b.entry.path));
+    // The stat cache loads while the tree is scanned: on an unchanged re-save both are most of
+    // the work, and they touch different files.
+    let (scan, cache) = std::thread::scope(|s| {
+        let cache = s.spawn(|| store.index().statcache(&root));
+        let scan = match &req.selection {
+            Selection::Tree => scan_tree(&root, req.xattrs, store_id),
+            Selection::Paths(paths) => scan_paths(&root, paths, req.xattrs).map(|s| (s, Vec::new())),
+        };
+        (scan, cache.join().expect("loading the stat cache panicked"))
+    });
+    let (mut scanned, skipped) = scan?;
+    let cache = cache?;
+    // Unstable is fine (paths are unique) and moves these large structs less.
+    scanned.sort_unstable_by(|a, b| a.entry.path.cmp(&b.entry.path));
 
     // Hard links within the tree: the first path of each inode leads, the others follow it.
     let mut by_inode: HashMap<(u64, u64), Vec<usize>> = HashMap::new();
@@ -147,34 +157,26 @@ pub fn save(store: &Store, req: SaveRequest) -> Result<SaveReport> {
         }
     }
 
-    let cache = store.index().statcache(&root)?;
     let scanner_id = req.scanner.map(|s| s.id()).unwrap_or_default();
-    let mut statrows: Vec<(Vec<u8>, StatRow)> = Vec::new();
-    // Stat-cache hits, checked in parallel: the object-exists check is a stat per file.
-    let hits: Vec<Option<&StatRow>> = scanned
-        .par_iter()
-        .enumerate()
-        .map(|(i, s)| {
-            if s.entry.kind != EntryKind::File || follower_of.contains_key(&i) {
-                return None;
-            }
-            let exec = s.entry.mode & 0o111 != 0;
-            cache.get(&s.entry.path).filter(|c| {
-                c.size == s.entry.size
-                    && c.mtime_ns == s.entry.mtime_ns
-                    && c.ctime_ns == s.ctime_ns
-                    && c.ino == s.ino
-                    && c.exec == exec
-                    && c.scanner == scanner_id
-                    && store.objects.exists(&c.object)
-            })
-        })
-        .collect();
+    // Stat-cache hits, looked up in path order. The cache is trusted to name objects that exist,
+    // like git's index: gc and `verify --repair` drop the rows of an object before deleting it.
+    // Notes from another scanner are stale: then nothing is a hit.
+    let mut cursor = cache.cursor();
+    let usable = cache.scanner == scanner_id;
     let mut to_hash = Vec::new();
-    for (i, (s, hit)) in scanned.iter_mut().zip(hits).enumerate() {
+    for (i, s) in scanned.iter_mut().enumerate() {
         if s.entry.kind != EntryKind::File || follower_of.contains_key(&i) {
             continue;
         }
+        let exec = s.entry.mode & 0o111 != 0;
+        let hit = cursor.seek(&s.entry.path).filter(|c| {
+            usable
+                && c.size == s.entry.size
+                && c.mtime_ns == s.entry.mtime_ns
+                && c.ctime_ns == s.ctime_ns
+                && c.ino == s.ino
+                && c.object.exec == exec
+        });
         match hit {
             Some(c) => {
                 s.entry.object = Some(c.object);
@@ -197,9 +199,12 @@ pub fn save(store: &Store, req: SaveRequest) -> Result<SaveReport> {
             );
             let rel = s.entry.path.as_slice();
             let scan_fn = req.scanner.map(|sc| move |c: &[u8]| sc.scan(rel, c));
-            let ing = store
-                .objects
-                .ingest(&s.abs, exec, mtime, scan_fn.as_ref().map(|f| f as crate::store::ScanFn))?;
+            let ing = store.objects.ingest(
+                &root.join(OsStr::from_bytes(rel)),
+                exec,
+                mtime,
+                scan_fn.as_ref().map(|f| f as crate::store::ScanFn),
+            )?;
             progress::with(req.progress, |p| p.inc(s.entry.size));
             Ok((i, ing))
         })
@@ -228,34 +233,9 @@ pub fn save(store: &Store, req: SaveRequest) -> Result<SaveReport> {
         e.size = size;
         e.note = note;
     }
-    // Racy files (git's term): changed within a timestamp tick of this save, a later rewrite
-    // could keep the same size, mtime and ctime. They are not cached, so the next save reads
-    // them again. One second covers filesystems with whole-second timestamps.
-    let racy_after = started_ns - 1_000_000_000;
-    for s in &scanned {
-        if s.entry.mtime_ns.max(s.ctime_ns) >= racy_after {
-            continue;
-        }
-        if let (EntryKind::File, Some(obj)) = (s.entry.kind, s.entry.object) {
-            statrows.push((
-                s.entry.path.clone(),
-                StatRow {
-                    size: s.entry.size,
-                    mtime_ns: s.entry.mtime_ns,
-                    ctime_ns: s.ctime_ns,
-                    ino: s.ino,
-                    exec: obj.exec,
-                    scanner: scanner_id.clone(),
-                    object: obj,
-                    note: s.entry.note.clone(),
-                },
-            ));
-        }
-    }
-
-    let manifest = Manifest {
-        entries: scanned.into_iter().map(|s| s.entry).collect(),
-    };
+    let (entries, stat_ids): (Vec<Entry>, Vec<(i64, u64)>) =
+        scanned.into_iter().map(|s| (s.entry, (s.ctime_ns, s.ino))).unzip();
+    let manifest = Manifest { entries };
     let count = |k| manifest.entries.iter().filter(|e| e.kind == k).count() as u64;
     let (files, dirs, symlinks) = (count(EntryKind::File), count(EntryKind::Dir), count(EntryKind::Symlink));
     let bytes = manifest.files().map(|e| e.size).sum();
@@ -293,7 +273,7 @@ pub fn save(store: &Store, req: SaveRequest) -> Result<SaveReport> {
         None => store.index().commit_snapshot(NewSnapshot {
             row: &row,
             manifest: &manifest,
-            statcache: statrows,
+            statcache: &stat_cache(&manifest, &stat_ids, started_ns, scanner_id),
         })?,
     };
     Ok(SaveReport {
@@ -313,9 +293,39 @@ pub fn save(store: &Store, req: SaveRequest) -> Result<SaveReport> {
     })
 }
 
-/// Build an entry from `lstat` data; None for special files.
-fn entry_for(root: &Path, abs: &Path, m: &Metadata, xattrs: bool) -> Result<Option<Scanned>> {
-    let rel = abs.strip_prefix(root).expect("walked path is under its root");
+/// The stat cache for the next save from the same path: every file of the manifest, with the
+/// (ctime, inode) it was scanned with, except racy ones.
+fn stat_cache(manifest: &Manifest, stat_ids: &[(i64, u64)], started_ns: i64, scanner: String) -> StatCache {
+    // Racy files (git's term): changed within a timestamp tick of this save, a later rewrite
+    // could keep the same size, mtime and ctime. They are not cached, so the next save reads
+    // them again. One second covers filesystems with whole-second timestamps.
+    let racy_after = started_ns - 1_000_000_000;
+    let mut rows = Vec::new();
+    for (e, &(ctime_ns, ino)) in manifest.entries.iter().zip(stat_ids) {
+        if e.mtime_ns.max(ctime_ns) >= racy_after {
+            continue;
+        }
+        if let (EntryKind::File, Some(obj)) = (e.kind, e.object) {
+            rows.push((
+                e.path.clone(),
+                StatRow {
+                    size: e.size,
+                    mtime_ns: e.mtime_ns,
+                    ctime_ns,
+                    ino,
+                    object: obj,
+                    note: e.note.clone(),
+                },
+            ));
+        }
+    }
+    StatCache::new(scanner, rows)
+}
+
+/// Build an entry from `lstat` data of `root/rel`; None for special files.
+fn entry_for(root: &Path, rel: Vec<u8>, m: &Metadata, xattrs: bool) -> Result<Option<Scanned>> {
+    // The absolute path is only built where it is needed: most entries never use it.
+    let abs = || root.join(OsStr::from_bytes(&rel));
     let ft = m.file_type();
     let kind = if ft.is_dir() {
         EntryKind::Dir
@@ -328,8 +338,8 @@ fn entry_for(root: &Path, abs: &Path, m: &Metadata, xattrs: bool) -> Result<Opti
     };
     let target = if kind == EntryKind::Symlink {
         Some(
-            std::fs::read_link(abs)
-                .at("read symlink", abs)?
+            std::fs::read_link(abs())
+                .at("read symlink", abs())?
                 .as_os_str()
                 .as_bytes()
                 .to_vec(),
@@ -338,13 +348,13 @@ fn entry_for(root: &Path, abs: &Path, m: &Metadata, xattrs: bool) -> Result<Opti
         None
     };
     let xattrs = if xattrs && kind != EntryKind::Symlink {
-        read_xattrs(abs)?
+        read_xattrs(&abs())?
     } else {
         Vec::new()
     };
     Ok(Some(Scanned {
         entry: Entry {
-            path: rel.as_os_str().as_bytes().to_vec(),
+            path: rel,
             kind,
             mode: m.mode() & 0o7777,
             uid: m.uid(),
@@ -357,7 +367,6 @@ fn entry_for(root: &Path, abs: &Path, m: &Metadata, xattrs: bool) -> Result<Opti
             xattrs,
             note: None,
         },
-        abs: abs.to_path_buf(),
         ctime_ns: ctime_ns(m),
         ino: m.ino(),
         dev: m.dev(),
@@ -383,53 +392,77 @@ fn read_xattrs(p: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     Ok(out)
 }
 
-/// Walk the tree, then `lstat` and describe every path in parallel: on an unchanged re-save the
-/// per-path `lstat` is most of the work. The walk itself only reads directories (`getdents`
-/// gives the file types); directories are stat'ed during the walk, to skip the store.
+/// Scan the tree: each directory is read once and every entry is `lstat`ed relative to the open
+/// directory (`DirEntry::metadata` is `statx(dirfd, name)`, no path lookup from the root).
+/// Directories are scanned in parallel: on an unchanged re-save this walk is most of the work.
+/// Special files are returned apart, to be reported. The order is not sorted.
 fn scan_tree(root: &Path, xattrs: bool, skip_dir: Option<(u64, u64)>) -> Result<(Vec<Scanned>, Vec<PathBuf>)> {
-    let mut paths = Vec::new();
-    let mut it = walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .sort_by_file_name()
-        .into_iter();
-    while let Some(item) = it.next() {
-        let de = item.map_err(|e| {
-            let path = e.path().unwrap_or(root).to_path_buf();
-            match e.into_io_error() {
-                Some(io) => Error::io("read", path, io),
-                None => Error::Other(format!("filesystem loop at {}", path.display())),
-            }
-        })?;
-        if de.depth() == 0 {
-            continue;
-        }
-        // Never snapshot the store into itself (`save dir . --store .envsnap`).
-        if de.file_type().is_dir() && skip_dir.is_some() {
-            let m = std::fs::symlink_metadata(de.path()).at("stat", de.path())?;
-            if Some((m.dev(), m.ino())) == skip_dir {
-                it.skip_current_dir();
-                continue;
-            }
-        }
-        paths.push(de.into_path());
+    struct Dir {
+        scanned: Vec<Scanned>,
+        special: Vec<PathBuf>,
     }
-    let described: Vec<(PathBuf, Option<Scanned>)> = paths
-        .into_par_iter()
-        .map(|p| {
-            let m = std::fs::symlink_metadata(&p).at("stat", &p)?;
-            let s = entry_for(root, &p, &m, xattrs)?;
-            Ok((p, s))
-        })
-        .collect::<Result<_>>()?;
-    let mut out = Vec::with_capacity(described.len());
-    let mut skipped = Vec::new();
-    for (p, s) in described {
-        match s {
-            Some(s) => out.push(s),
-            None => skipped.push(p),
-        }
+    enum Found {
+        Entry(Scanned),
+        Special(PathBuf),
+        TheStore,
     }
-    Ok((out, skipped))
+    /// `dir` is relative to the root, empty for the root itself.
+    fn scan_dir(root: &Path, dir: &[u8], xattrs: bool, skip_dir: Option<(u64, u64)>) -> Result<Dir> {
+        let dir_abs = root.join(OsStr::from_bytes(dir));
+        let entries = std::fs::read_dir(&dir_abs)
+            .and_then(|rd| rd.collect::<std::io::Result<Vec<_>>>())
+            .at("read directory", &dir_abs)?;
+        let found: Vec<Found> = entries
+            .par_iter()
+            .map(|de| {
+                let name = de.file_name();
+                let mut rel = Vec::with_capacity(dir.len() + 1 + name.len());
+                if !dir.is_empty() {
+                    rel.extend_from_slice(dir);
+                    rel.push(b'/');
+                }
+                rel.extend_from_slice(name.as_bytes());
+                let m = de.metadata().at("stat", &de.path())?;
+                // Never snapshot the store into itself (`save dir . --store .envsnap`).
+                if m.is_dir() && Some((m.dev(), m.ino())) == skip_dir {
+                    return Ok(Found::TheStore);
+                }
+                Ok(match entry_for(root, rel, &m, xattrs)? {
+                    Some(s) => Found::Entry(s),
+                    None => Found::Special(de.path()),
+                })
+            })
+            .collect::<Result<_>>()?;
+        let mut out = Dir {
+            scanned: Vec::with_capacity(found.len()),
+            special: Vec::new(),
+        };
+        let mut subdirs = Vec::new();
+        for f in found {
+            match f {
+                Found::Entry(s) => {
+                    if s.entry.kind == EntryKind::Dir {
+                        subdirs.push(s.entry.path.clone());
+                    }
+                    out.scanned.push(s);
+                }
+                Found::Special(abs) => out.special.push(abs),
+                Found::TheStore => {}
+            }
+        }
+        let nested: Vec<Dir> = subdirs
+            .par_iter()
+            .map(|d| scan_dir(root, d, xattrs, skip_dir))
+            .collect::<Result<_>>()?;
+        for n in nested {
+            out.scanned.extend(n.scanned);
+            out.special.extend(n.special);
+        }
+        Ok(out)
+    }
+    let mut all = scan_dir(root, b"", xattrs, skip_dir)?;
+    all.special.sort();
+    Ok((all.scanned, all.special))
 }
 
 fn scan_paths(root: &Path, paths: &[Vec<u8>], xattrs: bool) -> Result<Vec<Scanned>> {
@@ -440,9 +473,9 @@ fn scan_paths(root: &Path, paths: &[Vec<u8>], xattrs: bool) -> Result<Vec<Scanne
     for rel in sorted {
         crate::snapshot::check_rel_path(rel)
             .map_err(|why| Error::Usage(format!("cannot save path {:?}: {why}", String::from_utf8_lossy(rel))))?;
-        let abs = root.join(std::ffi::OsStr::from_bytes(rel));
+        let abs = root.join(OsStr::from_bytes(rel));
         let m = std::fs::symlink_metadata(&abs).at("stat", &abs)?;
-        if let Some(s) = entry_for(root, &abs, &m, xattrs)? {
+        if let Some(s) = entry_for(root, rel.clone(), &m, xattrs)? {
             out.push(s);
         }
     }

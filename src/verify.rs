@@ -51,11 +51,11 @@ pub fn verify(store: &Store, repair: bool) -> Result<VerifyReport> {
     let present_ids: HashSet<ObjectId> = present.iter().map(|(id, _)| *id).collect();
     let refs = store.index().object_refs()?;
     let bad_set: HashSet<ObjectId> = bad.iter().copied().collect();
-    let mut missing = BTreeSet::new();
+    let mut missing = HashSet::new();
     let mut broken_ids = HashSet::new();
     for (snap, obj, _) in &refs {
         if !present_ids.contains(obj) {
-            missing.insert(obj.to_string());
+            missing.insert(*obj);
             broken_ids.insert(*snap);
         } else if bad_set.contains(obj) {
             broken_ids.insert(*snap);
@@ -66,6 +66,11 @@ pub fn verify(store: &Store, repair: bool) -> Result<VerifyReport> {
     broken.sort();
     let mut removed = 0;
     if repair {
+        // A save trusts the stat cache without checking the object exists: forget every object
+        // that is gone or about to be, so the next save reads those files and stores them anew.
+        store
+            .index()
+            .retain_statcache(|o| !bad_set.contains(o) && !missing.contains(o))?;
         for id in &bad {
             store.objects.delete(id)?;
             removed += 1;
@@ -77,7 +82,12 @@ pub fn verify(store: &Store, repair: bool) -> Result<VerifyReport> {
         objects: present.len() as u64,
         bytes: present.iter().map(|(_, n)| n).sum(),
         corrupt,
-        missing: missing.into_iter().collect(),
+        missing: missing
+            .iter()
+            .map(|o| o.to_string())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect(),
         unreadable,
         broken_snapshots: broken,
         removed,
