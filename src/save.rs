@@ -422,7 +422,7 @@ fn scan_tree(root: &Path, xattrs: bool, skip_dir: Option<(u64, u64)>) -> Result<
                     rel.push(b'/');
                 }
                 rel.extend_from_slice(name.as_bytes());
-                let m = de.metadata().at("stat", &de.path())?;
+                let m = de.metadata().at("stat", de.path())?;
                 // Never snapshot the store into itself (`save dir . --store .envsnap`).
                 if m.is_dir() && Some((m.dev(), m.ino())) == skip_dir {
                     return Ok(Found::TheStore);

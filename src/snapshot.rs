@@ -228,18 +228,18 @@ mod tests {
         };
         let d = base.digest();
         assert_eq!(d, base.clone().digest());
-        let variants: Vec<Box<dyn Fn(&mut Entry)>> = vec![
-            Box::new(|e| e.path.push(b'x')),
-            Box::new(|e| e.mode ^= 0o100),
-            Box::new(|e| e.uid += 1),
-            Box::new(|e| e.gid += 1),
-            Box::new(|e| e.size += 1),
-            Box::new(|e| e.mtime_ns += 1),
-            Box::new(|e| e.object = Some(ObjectId::new(blake3::hash(b"x"), false))),
-            Box::new(|e| e.target = Some(b"t".to_vec())),
-            Box::new(|e| e.link_group = Some(0)),
-            Box::new(|e| e.xattrs.push(("user.a".into(), vec![]))),
-            Box::new(|e| e.note = Some(String::new())),
+        let variants: Vec<fn(&mut Entry)> = vec![
+            |e| e.path.push(b'x'),
+            |e| e.mode ^= 0o100,
+            |e| e.uid += 1,
+            |e| e.gid += 1,
+            |e| e.size += 1,
+            |e| e.mtime_ns += 1,
+            |e| e.object = Some(ObjectId::new(blake3::hash(b"x"), false)),
+            |e| e.target = Some(b"t".to_vec()),
+            |e| e.link_group = Some(0),
+            |e| e.xattrs.push(("user.a".into(), vec![])),
+            |e| e.note = Some(String::new()),
         ];
         for (i, change) in variants.iter().enumerate() {
             let mut m = base.clone();
