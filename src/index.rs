@@ -70,9 +70,11 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;",
     // 2: `Manifest::digest` of each snapshot, so an unchanged re-save compares one value instead
     // of loading the stored entries (NULL for older snapshots: compared entry by entry); the
+    // scanner id of the save, so a restore can seed the destination's stat cache; the
     // stat cache becomes one binary record per source (`statcache.rs`). The old rows are only a
     // cache: the next save from each source reads its files once more.
     "ALTER TABLE snapshots ADD COLUMN manifest_digest TEXT;
+    ALTER TABLE snapshots ADD COLUMN scanner TEXT;
     DROP TABLE statcache;
     CREATE TABLE statcache (
         source BLOB PRIMARY KEY,
@@ -339,8 +341,8 @@ impl Index {
             .map_err(err)?;
         tx.execute(
             "INSERT INTO snapshots (key, kind, created_ns, source, tool_version, meta, files, dirs, symlinks, bytes, \
-             root_mode, root_uid, root_gid, root_mtime_ns, last_restored_ns, manifest_digest) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, NULL, ?15)",
+             root_mode, root_uid, root_gid, root_mtime_ns, last_restored_ns, manifest_digest, scanner) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, NULL, ?15, ?16)",
             params![
                 row.key,
                 row.kind,
@@ -357,6 +359,7 @@ impl Index {
                 row.root_gid,
                 row.root_mtime_ns,
                 new.manifest.digest(),
+                new.statcache.scanner,
             ],
         )
         .map_err(err)?;
@@ -387,15 +390,7 @@ impl Index {
                 .map_err(err)?;
             }
         }
-        tx.execute(
-            "INSERT OR REPLACE INTO statcache (source, scanner, data) VALUES (?1, ?2, ?3)",
-            params![
-                row.source.as_os_str().as_bytes(),
-                new.statcache.scanner,
-                new.statcache.encode()
-            ],
-        )
-        .map_err(err)?;
+        put_statcache(&tx, &row.source, new.statcache).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(id)
     }
@@ -480,6 +475,20 @@ impl Index {
         Ok(out)
     }
 
+    /// The `ContentScanner::id()` the snapshot was saved with (None before schema 2).
+    pub fn snapshot_scanner(&self, snapshot: i64) -> Result<Option<String>> {
+        self.conn
+            .query_row("SELECT scanner FROM snapshots WHERE id = ?1", [snapshot], |r| r.get(0))
+            .optional()
+            .map(Option::flatten)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Replace the stat cache of `source` (a restore seeds its destination's).
+    pub fn put_statcache(&self, source: &Path, cache: &StatCache) -> Result<()> {
+        put_statcache(&self.conn, source, cache).map_err(|e| self.err(e))
+    }
+
     /// Drop the stat-cache rows whose object `keep` refuses, in every source's cache. gc keeps
     /// only objects some snapshot still references, `verify --repair` drops corrupt and missing
     /// ones; both before they delete anything, because a save trusts the cache.
@@ -521,6 +530,14 @@ impl Index {
         }
         tx.commit().map_err(err)
     }
+}
+
+fn put_statcache(conn: &Connection, source: &Path, cache: &StatCache) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO statcache (source, scanner, data) VALUES (?1, ?2, ?3)",
+        params![source.as_os_str().as_bytes(), cache.scanner, cache.encode()],
+    )
+    .map(|_| ())
 }
 
 /// xattrs as `name\0len(u32 le)value` records: compact, binary-safe, no extra dependency.

@@ -164,6 +164,7 @@ pub fn save(store: &Store, req: SaveRequest) -> Result<SaveReport> {
     let mut cursor = cache.cursor();
     let usable = cache.scanner == scanner_id;
     let mut to_hash = Vec::new();
+    let mut was_hit = vec![false; scanned.len()];
     for (i, s) in scanned.iter_mut().enumerate() {
         if s.entry.kind != EntryKind::File || follower_of.contains_key(&i) {
             continue;
@@ -181,6 +182,7 @@ pub fn save(store: &Store, req: SaveRequest) -> Result<SaveReport> {
             Some(c) => {
                 s.entry.object = Some(c.object);
                 s.entry.note = c.note.clone();
+                was_hit[i] = true;
             }
             None => to_hash.push(i),
         }
@@ -233,8 +235,18 @@ pub fn save(store: &Store, req: SaveRequest) -> Result<SaveReport> {
         e.size = size;
         e.note = note;
     }
-    let (entries, stat_ids): (Vec<Entry>, Vec<(i64, u64)>) =
-        scanned.into_iter().map(|s| (s.entry, (s.ctime_ns, s.ino))).unzip();
+    let (entries, stat_ids): (Vec<Entry>, Vec<StatId>) = scanned
+        .into_iter()
+        .zip(was_hit)
+        .map(|(s, hit)| {
+            let id = StatId {
+                ctime_ns: s.ctime_ns,
+                ino: s.ino,
+                hit,
+            };
+            (s.entry, id)
+        })
+        .unzip();
     let manifest = Manifest { entries };
     let count = |k| manifest.entries.iter().filter(|e| e.kind == k).count() as u64;
     let (files, dirs, symlinks) = (count(EntryKind::File), count(EntryKind::Dir), count(EntryKind::Symlink));
@@ -293,16 +305,26 @@ pub fn save(store: &Store, req: SaveRequest) -> Result<SaveReport> {
     })
 }
 
+/// What the stat cache keeps of a scanned path besides its entry.
+struct StatId {
+    ctime_ns: i64,
+    ino: u64,
+    /// It matched the previous cache row.
+    hit: bool,
+}
+
 /// The stat cache for the next save from the same path: every file of the manifest, with the
 /// (ctime, inode) it was scanned with, except racy ones.
-fn stat_cache(manifest: &Manifest, stat_ids: &[(i64, u64)], started_ns: i64, scanner: String) -> StatCache {
+fn stat_cache(manifest: &Manifest, stat_ids: &[StatId], started_ns: i64, scanner: String) -> StatCache {
     // Racy files (git's term): changed within a timestamp tick of this save, a later rewrite
     // could keep the same size, mtime and ctime. They are not cached, so the next save reads
-    // them again. One second covers filesystems with whole-second timestamps.
+    // them again. One second covers filesystems with whole-second timestamps. A cache hit is
+    // kept whatever its age: its row was not racy when it was recorded (by a save, or by a
+    // restore against the filesystem's clock), and the file has not changed since.
     let racy_after = started_ns - 1_000_000_000;
     let mut rows = Vec::new();
-    for (e, &(ctime_ns, ino)) in manifest.entries.iter().zip(stat_ids) {
-        if e.mtime_ns.max(ctime_ns) >= racy_after {
+    for (e, &StatId { ctime_ns, ino, hit }) in manifest.entries.iter().zip(stat_ids) {
+        if !hit && e.mtime_ns.max(ctime_ns) >= racy_after {
             continue;
         }
         if let (EntryKind::File, Some(obj)) = (e.kind, e.object) {

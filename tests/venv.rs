@@ -667,3 +667,31 @@ fn debian_usr_home_and_prefix_do_not_rewrite_unrelated_usr_paths() {
     ok(cmd(dest.join("bin/pip"), &[&"--version"]));
     assert_eq!(sys_prefix(&dest), dest.display().to_string());
 }
+
+/// CI on a fresh runner: restore the venv where the job expects it, install one more package,
+/// save. The save used to read every file of the venv again (new inodes on a new runner); the
+/// restore now seeds the stat cache, so only what pip wrote is read.
+#[test]
+fn save_after_restore_and_pip_install_reads_only_what_pip_wrote() {
+    let t = scratch();
+    let store = t.path().join("store");
+    let v = t.path().join("project/.venv");
+    ok(cmd(PY311, &[&"-m", &"venv", &v]));
+    pip_install(&v, &["black", "six"]);
+    let first = save(&store, &v, "v1");
+    std::fs::remove_dir_all(&v).unwrap(); // the next runner starts without it
+    restore(&store, "v1", &v, &[]);
+    pip_install(&v, &["pyyaml"]);
+    let second = save(&store, &v, "v2");
+    let files = second["files"].as_u64().unwrap();
+    let hashed = second["hashed_files"].as_u64().unwrap();
+    assert!(second["new_objects"].as_u64().unwrap() > 0, "pyyaml was stored");
+    assert!(
+        hashed * 5 < files,
+        "read {hashed} of {files} files (first save: {} files)",
+        first["files"]
+    );
+    std::fs::remove_dir_all(&v).unwrap();
+    restore(&store, "v2", &v, &[]);
+    ok(cmd(v.join("bin/python"), &[&"-c", &"import yaml, six, black"]));
+}

@@ -196,8 +196,16 @@ fn restore_dir(f: &Found) -> Result<Outcome> {
     let bar = ctx.ui.progress();
     let staged = plan.apply(store, bar.as_ref().map(|b| b as _))?;
     let link = staged.link_used().to_string();
-    staged.commit()?;
+    let done = staged.commit()?;
     store.mark_restored(snap.id)?;
+    match done.seed_statcache(store) {
+        Ok(n) => ctx.ui.detail(format!(
+            "stat cache: {n} restored files will not be read by the next save"
+        )),
+        Err(e) => ctx.ui.warn(format!(
+            "could not record the restored files' stat cache ({e}): the next save reads them all"
+        )),
+    }
     let secs = start.elapsed().as_secs_f64();
     ctx.ui.info(format!(
         "restored {} ({} hit) to {}: {} files, {} in {:.2}s (link: {})",

@@ -5,6 +5,7 @@
 //! half tree at the destination: dropping a `Staged` removes it.
 
 pub mod link;
+mod seed;
 
 pub use link::{LinkMode, LinkStats, LinkUsed};
 
@@ -239,8 +240,11 @@ impl Staged {
 
     /// Set directory attributes (children first, so their mtimes stick), then rename the tree
     /// into place, replacing the destination only if it was empty or `--force` was given.
-    pub fn commit(mut self) -> Result<()> {
+    pub fn commit(mut self) -> Result<Committed> {
         let base = self.path().to_path_buf();
+        // Every file is written (adapters' fixups included) and the tree is not visible yet:
+        // the filesystem's "now" that tells restored files from later changes (see `seed`).
+        let clock = seed::fs_clock(&base)?;
         let plan = &self.plan;
         for e in plan.manifest.entries.iter().rev().filter(|e| e.kind == EntryKind::Dir) {
             set_dir_attrs(
@@ -295,7 +299,34 @@ impl Staged {
         if result.is_err() {
             let _ = remove_tree(&staged);
         }
-        result
+        result?;
+        Ok(Committed {
+            snapshot: self.plan.snapshot.id,
+            manifest: std::mem::take(&mut self.plan.manifest),
+            dest: self.plan.dest.clone(),
+            rewritten: std::mem::take(&mut self.plan.private_copies),
+            clock,
+        })
+    }
+}
+
+/// A tree in place at `dest`.
+pub struct Committed {
+    snapshot: i64,
+    manifest: Manifest,
+    dest: PathBuf,
+    /// Files an adapter may have rewritten: never vouched for by the stat cache.
+    rewritten: HashSet<Vec<u8>>,
+    /// The filesystem's time once every file was written (see `seed`).
+    clock: i64,
+}
+
+impl Committed {
+    /// Write the destination's stat cache from what was restored, so the next save from there
+    /// does not read the restored files again. Returns the number of files cached. A failure
+    /// here costs only that re-read: callers report it and keep the restore.
+    pub fn seed_statcache(&self, store: &Store) -> Result<u64> {
+        seed::seed(store, self)
     }
 }
 

@@ -385,8 +385,13 @@ pub fn restore(
     let mut rels: Vec<Vec<u8>> = private.into_iter().collect();
     rels.sort();
     // On error `staged` is dropped here, which removes the staging dir: nothing at dest.
-    let report = fixup_staged(&decided, staged.path(), &rels)?;
-    staged.commit()?;
+    let mut report = fixup_staged(&decided, staged.path(), &rels)?;
+    let done = staged.commit()?;
+    if let Err(e) = done.seed_statcache(store) {
+        report.warnings.push(format!(
+            "could not record the restored files' stat cache ({e}): the next save reads them all"
+        ));
+    }
     out.fixups = Some(report);
     Ok(out)
 }
