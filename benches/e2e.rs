@@ -1,6 +1,7 @@
 //! End-to-end benchmark of the core, side by side in one run with what users run instead:
 //! `tar --posix | zstd -T0 --long=30` and `zstd -d | tar -x` (what actions/cache runs) and
-//! `cp -al`. Run: `cargo bench --bench e2e` (ENVSNAP_BENCH_RUNS=N for more runs, default 5).
+//! `cp -al`, and a save right after a restore (CI's round).
+//! Run: `cargo bench --bench e2e` (ENVSNAP_BENCH_RUNS=N for more runs, default 5).
 //!
 //! The tree has the shape of a real data-science venv: ~10k files, ~300 MB, median file ~6 KB,
 //! a few files over 10 MB, half of the bytes compressible text, half random. It is generated
@@ -154,6 +155,20 @@ fn main() {
         &rm("out"),
     );
     add("cp -al", format!("cp -al {t} {w}/out"), &rm("out"));
+    // CI's round: restore on a new runner, then save under a new key. The restore seeded the
+    // stat cache, so the save reads nothing; it commits a new snapshot.
+    let restored = {
+        let (b, w) = (b.to_string(), w.clone());
+        move || {
+            let _ = Command::new("rm").args(["-rf", &format!("{w}/out")]).status();
+            sh(&format!("{b} -q --store {w}/store restore {w}/out --key k"));
+        }
+    };
+    add(
+        "envsnap save after restore (new key)",
+        format!("{b} -q --store {w}/store save dir {w}/out --key after-$(date +%s%N)"),
+        &restored,
+    );
 
     let med: Vec<f64> = rows.iter().map(|r| median(r.2.clone())).collect();
     println!("\n| operation | median (s) | runs |");
@@ -168,6 +183,7 @@ fn main() {
     println!("- restore auto / zstd|tar restore: {:.2}", med[3] / med[5]);
     println!("- restore copy / zstd|tar restore: {:.2}", med[4] / med[5]);
     println!("- restore hardlink / cp -al: {:.2}", med[6] / med[7]);
+    println!("- save after restore / tar|zstd save: {:.2}", med[8] / med[2]);
     let size = std::fs::metadata(format!("{w}/cache.tzst"))
         .map(|m| m.len())
         .unwrap_or(0);
