@@ -184,14 +184,21 @@ impl Index {
         Error::index(&self.path, e)
     }
 
+    /// A transaction that takes the write lock at BEGIN (IMMEDIATE), waiting for it per the busy
+    /// timeout. Every read-then-write goes through here: in a deferred transaction the upgrade
+    /// to a writer fails at once, without waiting, if another writer committed in between.
+    fn begin_write(&mut self) -> Result<rusqlite::Transaction<'_>> {
+        let path = self.path.clone();
+        self.conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| Error::index(&path, e))
+    }
+
     fn migrate(&mut self) -> Result<()> {
         let path = self.path.clone();
         let err = |e| Error::index(&path, e);
-        // IMMEDIATE: two processes opening a new store at once must not both migrate.
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(err)?;
+        // Two processes opening a new store at once must not both migrate.
+        let tx = self.begin_write()?;
         let have: usize = tx
             .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
             .map_err(err)? as usize;
@@ -332,10 +339,7 @@ impl Index {
     pub fn commit_snapshot(&mut self, new: NewSnapshot) -> Result<i64> {
         let path = self.path.clone();
         let err = |e| Error::index(&path, e);
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(err)?;
+        let tx = self.begin_write()?;
         let row = new.row;
         tx.execute("DELETE FROM snapshots WHERE key = ?1", [&row.key])
             .map_err(err)?;
@@ -495,12 +499,7 @@ impl Index {
     pub fn retain_statcache(&mut self, mut keep: impl FnMut(&ObjectId) -> bool) -> Result<()> {
         let path = self.path.clone();
         let err = |e| Error::index(&path, e);
-        // IMMEDIATE: it reads then writes; a deferred transaction would fail, not wait, if
-        // another writer committed in between.
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(err)?;
+        let tx = self.begin_write()?;
         let caches: Vec<(Vec<u8>, String, Vec<u8>)> = {
             let mut st = tx.prepare("SELECT source, scanner, data FROM statcache").map_err(err)?;
             let rows = st

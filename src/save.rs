@@ -416,25 +416,23 @@ fn read_xattrs(p: &Path) -> Result<Vec<(String, Vec<u8>)>> {
 
 /// Scan the tree: each directory is read once and every entry is `lstat`ed relative to the open
 /// directory (`DirEntry::metadata` is `statx(dirfd, name)`, no path lookup from the root).
-/// Directories are scanned in parallel: on an unchanged re-save this walk is most of the work.
-/// Special files are returned apart, to be reported. The order is not sorted.
+/// Directories are scanned level by level, each level's directories and their entries in
+/// parallel: on an unchanged re-save this scan is most of the work. Iterative, so a deep tree
+/// cannot overflow a stack, and at most one directory per thread is open at a time. Special
+/// files are returned apart, to be reported. The order is not sorted.
 fn scan_tree(root: &Path, xattrs: bool, skip_dir: Option<(u64, u64)>) -> Result<(Vec<Scanned>, Vec<PathBuf>)> {
-    struct Dir {
-        scanned: Vec<Scanned>,
-        special: Vec<PathBuf>,
-    }
     enum Found {
         Entry(Scanned),
         Special(PathBuf),
         TheStore,
     }
-    /// `dir` is relative to the root, empty for the root itself.
-    fn scan_dir(root: &Path, dir: &[u8], xattrs: bool, skip_dir: Option<(u64, u64)>) -> Result<Dir> {
+    // `dir` is relative to the root, empty for the root itself.
+    let scan_dir = |dir: &[u8]| -> Result<Vec<Found>> {
         let dir_abs = root.join(OsStr::from_bytes(dir));
         let entries = std::fs::read_dir(&dir_abs)
             .and_then(|rd| rd.collect::<std::io::Result<Vec<_>>>())
             .at("read directory", &dir_abs)?;
-        let found: Vec<Found> = entries
+        entries
             .par_iter()
             .map(|de| {
                 let name = de.file_name();
@@ -454,37 +452,29 @@ fn scan_tree(root: &Path, xattrs: bool, skip_dir: Option<(u64, u64)>) -> Result<
                     None => Found::Special(de.path()),
                 })
             })
-            .collect::<Result<_>>()?;
-        let mut out = Dir {
-            scanned: Vec::with_capacity(found.len()),
-            special: Vec::new(),
-        };
-        let mut subdirs = Vec::new();
-        for f in found {
+            .collect()
+    };
+    let mut scanned = Vec::new();
+    let mut special = Vec::new();
+    let mut level: Vec<Vec<u8>> = vec![Vec::new()];
+    while !level.is_empty() {
+        let found: Vec<Vec<Found>> = level.par_iter().map(|d| scan_dir(d)).collect::<Result<_>>()?;
+        level = Vec::new();
+        for f in found.into_iter().flatten() {
             match f {
                 Found::Entry(s) => {
                     if s.entry.kind == EntryKind::Dir {
-                        subdirs.push(s.entry.path.clone());
+                        level.push(s.entry.path.clone());
                     }
-                    out.scanned.push(s);
+                    scanned.push(s);
                 }
-                Found::Special(abs) => out.special.push(abs),
+                Found::Special(abs) => special.push(abs),
                 Found::TheStore => {}
             }
         }
-        let nested: Vec<Dir> = subdirs
-            .par_iter()
-            .map(|d| scan_dir(root, d, xattrs, skip_dir))
-            .collect::<Result<_>>()?;
-        for n in nested {
-            out.scanned.extend(n.scanned);
-            out.special.extend(n.special);
-        }
-        Ok(out)
     }
-    let mut all = scan_dir(root, b"", xattrs, skip_dir)?;
-    all.special.sort();
-    Ok((all.scanned, all.special))
+    special.sort();
+    Ok((scanned, special))
 }
 
 fn scan_paths(root: &Path, paths: &[Vec<u8>], xattrs: bool) -> Result<Vec<Scanned>> {

@@ -468,31 +468,8 @@ fn concurrent_first_saves_into_a_fresh_store_do_not_fail_with_database_locked() 
     build_tree(&src);
     for round in 0..8 {
         let store = d.path().join(format!("store{round}"));
-        let children: Vec<_> = (0..4)
-            .map(|i| {
-                std::process::Command::new(bin())
-                    .args([
-                        "--store",
-                        store.to_str().unwrap(),
-                        "save",
-                        "dir",
-                        src.to_str().unwrap(),
-                        "--key",
-                    ])
-                    .arg(format!("k{i}"))
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect();
-        for c in children {
-            let o = c.wait_with_output().unwrap();
-            assert!(
-                o.status.success(),
-                "round {round}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-        }
+        let children = (0..4).map(|i| spawn_save(&store, &src, &format!("k{i}"))).collect();
+        wait_all_ok(children, &format!("round {round}"));
     }
 }
 
@@ -505,26 +482,9 @@ fn two_concurrent_saves_into_one_store_both_succeed() {
         let src = d.path().join(format!("src{i}"));
         build_tree(&src);
         fs::write(src.join("unique"), format!("tree {i}")).unwrap();
-        children.push(
-            std::process::Command::new(bin())
-                .args([
-                    "--store",
-                    store.to_str().unwrap(),
-                    "save",
-                    "dir",
-                    src.to_str().unwrap(),
-                    "--key",
-                ])
-                .arg(format!("key{i}"))
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
+        children.push(spawn_save(&store, &src, &format!("key{i}")));
     }
-    for c in children {
-        let o = c.wait_with_output().unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    }
+    wait_all_ok(children, "concurrent saves");
     let list = ok_json(&envsnap(&store, &["--json", "list"]));
     assert_eq!(list["snapshots"].as_array().unwrap().len(), 4);
     assert_eq!(code(&envsnap(&store, &["verify"])), 0);
@@ -970,6 +930,26 @@ fn gc_running_beside_saves_never_breaks_a_snapshot() {
             &["--json", "restore", out.to_str().unwrap(), "--key", key],
         ));
     }
+}
+
+/// The first parallel scan recursed once per directory level and overflowed its stack on a
+/// deep tree (a debug build aborted at ~2,000 levels): the scan is iterative now.
+#[test]
+fn a_tree_1900_directories_deep_saves_and_restores() {
+    let d = tmp();
+    let (src, store) = (d.path().join("src"), d.path().join("store"));
+    let mut deepest = src.clone();
+    for _ in 0..1900 {
+        deepest.push("d");
+    }
+    fs::create_dir_all(&deepest).unwrap();
+    fs::write(deepest.join("f"), b"at the bottom").unwrap();
+    let j = save_dir(&store, src.to_str().unwrap(), "deep");
+    assert_eq!((j["files"].as_u64(), j["dirs"].as_u64()), (Some(1), Some(1900)));
+    // Restored next to the source under a name no longer than "src", so every path still fits.
+    let out = d.path().join("out");
+    restore_json(&store, out.to_str().unwrap(), &["--key", "deep"]);
+    assert_eq!(describe(&out), describe(&src));
 }
 
 #[test]

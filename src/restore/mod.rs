@@ -244,7 +244,8 @@ impl Staged {
         let base = self.path().to_path_buf();
         // Every file is written (adapters' fixups included) and the tree is not visible yet:
         // the filesystem's "now" that tells restored files from later changes (see `seed`).
-        let clock = seed::fs_clock(&base)?;
+        // Without it (say, the disk filled up) the restore stands; only the seeding is skipped.
+        let clock = seed::fs_clock(&base).ok();
         let plan = &self.plan;
         for e in plan.manifest.entries.iter().rev().filter(|e| e.kind == EntryKind::Dir) {
             set_dir_attrs(
@@ -317,8 +318,8 @@ pub struct Committed {
     dest: PathBuf,
     /// Files an adapter may have rewritten: never vouched for by the stat cache.
     rewritten: HashSet<Vec<u8>>,
-    /// The filesystem's time once every file was written (see `seed`).
-    clock: i64,
+    /// The filesystem's time once every file was written (see `seed`); None: not seeded.
+    clock: Option<i64>,
 }
 
 impl Committed {

@@ -55,7 +55,9 @@ pub(super) fn fs_clock(staged: &Path) -> Result<i64> {
 /// Write the stat cache of the committed tree: every restored file not rewritten by an adapter
 /// and older than the clock probe. Returns how many files it holds.
 pub(super) fn seed(store: &Store, done: &Committed) -> Result<u64> {
-    let clock = done.clock;
+    let Some(clock) = done.clock else {
+        return Ok(0);
+    };
     // The next save of this tree must use the same scanner for its notes to be valid; snapshots
     // from before the scanner was recorded are not seeded.
     let Some(scanner) = store.index().snapshot_scanner(done.snapshot)? else {

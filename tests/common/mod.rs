@@ -47,6 +47,28 @@ pub fn save_dir(store: &Path, src: &str, key: &str) -> serde_json::Value {
     ok_json(&envsnap(store, &["--json", "save", "dir", src, "--key", key]))
 }
 
+/// Start `envsnap --store STORE save dir SRC --key KEY` in the background (concurrency tests).
+pub fn spawn_save(store: &Path, src: &Path, key: &str) -> std::process::Child {
+    Command::new(bin())
+        .arg("--store")
+        .arg(store)
+        .args(["save", "dir"])
+        .arg(src)
+        .args(["--key", key])
+        .env_remove("ENVSNAP_STORE")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start envsnap")
+}
+
+/// Wait for every child and assert each succeeded; `what` names the batch in a failure.
+pub fn wait_all_ok(children: Vec<std::process::Child>, what: &str) {
+    for c in children {
+        let o = c.wait_with_output().expect("wait for envsnap");
+        assert!(o.status.success(), "{what}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+}
+
 /// `envsnap --json restore DEST ARGS…`, asserting success; the parsed JSON.
 pub fn restore_json(store: &Path, dest: &str, args: &[&str]) -> serde_json::Value {
     let mut a = vec!["--json", "restore", dest];
