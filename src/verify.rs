@@ -66,11 +66,12 @@ pub fn verify(store: &Store, repair: bool) -> Result<VerifyReport> {
     broken.sort();
     let mut removed = 0;
     if repair {
-        // A save trusts the stat cache without checking the object exists: forget every object
-        // that is gone or about to be, so the next save reads those files and stores them anew.
+        // A save trusts the stat cache without checking the object exists: keep only rows whose
+        // object is present and sound. Not just the objects snapshots reference: a row can name
+        // an object no snapshot uses any more (its key was re-saved), lost outside envsnap.
         store
             .index()
-            .retain_statcache(|o| !bad_set.contains(o) && !missing.contains(o))?;
+            .retain_statcache(|o| present_ids.contains(o) && !bad_set.contains(o))?;
         for id in &bad {
             store.objects.delete(id)?;
             removed += 1;

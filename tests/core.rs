@@ -459,6 +459,31 @@ fn a_resave_after_gc_freed_its_objects_stores_them_again() {
     assert_eq!(describe(&out), describe(&src));
 }
 
+/// A save trusts the stat cache. An object lost outside envsnap that no snapshot referenced any
+/// more (its key had been re-saved) stayed in the cache through `verify --repair`, and the next
+/// save referenced it: a snapshot that could not be restored.
+#[test]
+fn verify_repair_forgets_cached_objects_lost_outside_envsnap() {
+    let d = tmp();
+    let (a, b, store) = (d.path().join("a"), d.path().join("b"), d.path().join("store"));
+    fs::create_dir_all(&a).unwrap();
+    fs::create_dir_all(&b).unwrap();
+    fs::write(a.join("f"), b"only in a").unwrap();
+    fs::write(b.join("g"), b"only in b").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // not racy: cached
+    save_dir(&store, a.to_str().unwrap(), "k1");
+    save_dir(&store, b.to_str().unwrap(), "k1"); // a's object is now unreferenced, still cached
+    let hex = blake3::hash(b"only in a").to_hex().to_string();
+    fs::remove_file(store.join("objects-v1").join(&hex[..2]).join(&hex[2..])).unwrap();
+    assert_eq!(code(&envsnap(&store, &["verify", "--repair"])), 0);
+    let j = save_dir(&store, a.to_str().unwrap(), "k2");
+    assert_eq!(j["new_objects"], 1, "the lost object is stored again: {j}");
+    assert_eq!(code(&envsnap(&store, &["verify"])), 0);
+    let out = d.path().join("out");
+    restore_json(&store, out.to_str().unwrap(), &["--key", "k2"]);
+    assert_eq!(fs::read(out.join("f")).unwrap(), b"only in a");
+}
+
 /// Switching a new index to WAL takes an exclusive lock without SQLite's busy handler: the
 /// first saves into a fresh store, started together, failed with "database is locked".
 #[test]
