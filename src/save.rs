@@ -418,8 +418,10 @@ fn read_xattrs(p: &Path) -> Result<Vec<(String, Vec<u8>)>> {
 /// directory (`DirEntry::metadata` is `statx(dirfd, name)`, no path lookup from the root).
 /// Directories are scanned level by level, each level's directories and their entries in
 /// parallel: on an unchanged re-save this scan is most of the work. Iterative, so a deep tree
-/// cannot overflow a stack, and at most one directory per thread is open at a time. Special
-/// files are returned apart, to be reported. The order is not sorted.
+/// cannot overflow a stack. A directory stays open while its entries are stat'ed; entries are
+/// stat'ed in parallel only on levels with few directories, so a thread waiting on them cannot
+/// steal more directories to open and a wide level never runs out of file descriptors.
+/// Special files are returned apart, to be reported. The order is not sorted.
 fn scan_tree(root: &Path, xattrs: bool, skip_dir: Option<(u64, u64)>) -> Result<(Vec<Scanned>, Vec<PathBuf>)> {
     enum Found {
         Entry(Scanned),
@@ -427,38 +429,41 @@ fn scan_tree(root: &Path, xattrs: bool, skip_dir: Option<(u64, u64)>) -> Result<
         TheStore,
     }
     // `dir` is relative to the root, empty for the root itself.
-    let scan_dir = |dir: &[u8]| -> Result<Vec<Found>> {
+    let scan_dir = |dir: &[u8], parallel: bool| -> Result<Vec<Found>> {
         let dir_abs = root.join(OsStr::from_bytes(dir));
         let entries = std::fs::read_dir(&dir_abs)
             .and_then(|rd| rd.collect::<std::io::Result<Vec<_>>>())
             .at("read directory", &dir_abs)?;
-        entries
-            .par_iter()
-            .map(|de| {
-                let name = de.file_name();
-                let mut rel = Vec::with_capacity(dir.len() + 1 + name.len());
-                if !dir.is_empty() {
-                    rel.extend_from_slice(dir);
-                    rel.push(b'/');
-                }
-                rel.extend_from_slice(name.as_bytes());
-                let m = de.metadata().at("stat", de.path())?;
-                // Never snapshot the store into itself (`save dir . --store .envsnap`).
-                if m.is_dir() && Some((m.dev(), m.ino())) == skip_dir {
-                    return Ok(Found::TheStore);
-                }
-                Ok(match entry_for(root, rel, &m, xattrs)? {
-                    Some(s) => Found::Entry(s),
-                    None => Found::Special(de.path()),
-                })
+        let describe = |de: &std::fs::DirEntry| {
+            let name = de.file_name();
+            let mut rel = Vec::with_capacity(dir.len() + 1 + name.len());
+            if !dir.is_empty() {
+                rel.extend_from_slice(dir);
+                rel.push(b'/');
+            }
+            rel.extend_from_slice(name.as_bytes());
+            let m = de.metadata().at("stat", de.path())?;
+            // Never snapshot the store into itself (`save dir . --store .envsnap`).
+            if m.is_dir() && Some((m.dev(), m.ino())) == skip_dir {
+                return Ok(Found::TheStore);
+            }
+            Ok(match entry_for(root, rel, &m, xattrs)? {
+                Some(s) => Found::Entry(s),
+                None => Found::Special(de.path()),
             })
-            .collect()
+        };
+        if parallel {
+            entries.par_iter().map(describe).collect()
+        } else {
+            entries.iter().map(describe).collect()
+        }
     };
     let mut scanned = Vec::new();
     let mut special = Vec::new();
     let mut level: Vec<Vec<u8>> = vec![Vec::new()];
     while !level.is_empty() {
-        let found: Vec<Vec<Found>> = level.par_iter().map(|d| scan_dir(d)).collect::<Result<_>>()?;
+        let narrow = level.len() < 2 * rayon::current_num_threads();
+        let found: Vec<Vec<Found>> = level.par_iter().map(|d| scan_dir(d, narrow)).collect::<Result<_>>()?;
         level = Vec::new();
         for f in found.into_iter().flatten() {
             match f {

@@ -112,6 +112,27 @@ fn unsupported(e: &io::Error) -> bool {
 /// Create the file `dest` (which must not exist) with the content of `entry.object`, using
 /// `mode` with fallback to copy, then set its attributes. Copies and reflinks are verified
 /// against the object's BLAKE3; hardlinks share the object (see `envsnap verify`).
+/// A restored file's inode and ctime as the restore left it. The stat cache is seeded only for
+/// files still exactly so when every file is written: a file replaced or written to since (an
+/// adapter's fixup, another process) no longer matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    pub ino: u64,
+    pub ctime_ns: i64,
+}
+
+impl Stamp {
+    pub fn of(m: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            ino: m.ino(),
+            ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+        }
+    }
+}
+
+/// Create `dest` with the object's content and the entry's attributes; returns the link mode
+/// used and the file's [`Stamp`] once complete.
 pub fn materialize(
     objects: &LocalObjects,
     entry: &Entry,
@@ -119,7 +140,7 @@ pub fn materialize(
     mode: LinkMode,
     chown: bool,
     stats: &LinkStats,
-) -> Result<LinkUsed> {
+) -> Result<(LinkUsed, Stamp)> {
     let id = entry.object.expect("file entries carry an object");
     if mode == LinkMode::Hardlink && !stats.no_hardlink.load(Ordering::Relaxed) {
         let src = objects.path(&id);
@@ -138,8 +159,8 @@ pub fn materialize(
         match std::fs::hard_link(&src, dest) {
             Ok(()) => {
                 // The inode is the store's: check its size at least, the content is verify's job.
-                let len = std::fs::metadata(dest).at("stat", dest)?.len();
-                if len != entry.size {
+                let m = std::fs::symlink_metadata(dest).at("stat", dest)?;
+                if m.len() != entry.size {
                     let _ = std::fs::remove_file(dest);
                     return Err(Error::Corrupt {
                         id: id.to_string(),
@@ -147,7 +168,7 @@ pub fn materialize(
                     });
                 }
                 stats.record(LinkUsed::Hardlink);
-                return Ok(LinkUsed::Hardlink);
+                return Ok((LinkUsed::Hardlink, Stamp::of(&m)));
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound && !objects.exists(&id) => {
                 return Err(Error::MissingObject { id: id.to_string() })
@@ -190,8 +211,9 @@ pub fn materialize(
         objects.copy_verified(&id, &mut out, dest)?;
     }
     set_file_attrs(&out, dest, entry, chown)?;
+    let stamp = Stamp::of(&out.metadata().at("stat", dest)?);
     stats.record(used);
-    Ok(used)
+    Ok((used, stamp))
 }
 
 fn verify_object(f: &mut File, id: &ObjectId, path: &Path) -> Result<()> {

@@ -7,7 +7,7 @@
 pub mod link;
 mod seed;
 
-pub use link::{LinkMode, LinkStats, LinkUsed};
+pub use link::{LinkMode, LinkStats, LinkUsed, Stamp};
 
 use crate::error::{Error, IoContext, Result};
 use crate::index::SnapshotRow;
@@ -183,22 +183,30 @@ impl Plan {
             }
         }
         progress::with(progress, |p| p.start("restoring", self.bytes));
-        firsts.par_iter().try_for_each(|e| {
-            let p = rel_path(&base, &e.path);
-            let mode = if self.private_copies.contains(&e.path) {
-                LinkMode::Copy
-            } else {
-                self.link
-            };
-            materialize(&store.objects, e, &p, mode, self.chown, &stats)?;
-            progress::with(progress, |pr| pr.inc(e.size));
-            Ok::<_, Error>(())
-        })?;
+        let mut stamps: HashMap<Vec<u8>, Stamp> = firsts
+            .par_iter()
+            .map(|e| {
+                let p = rel_path(&base, &e.path);
+                let mode = if self.private_copies.contains(&e.path) {
+                    LinkMode::Copy
+                } else {
+                    self.link
+                };
+                let (_, stamp) = materialize(&store.objects, e, &p, mode, self.chown, &stats)?;
+                progress::with(progress, |pr| pr.inc(e.size));
+                Ok((e.path.clone(), stamp))
+            })
+            .collect::<Result<_>>()?;
         progress::with(progress, |p| p.finish());
-        for e in followers {
+        for e in &followers {
             let leader = leaders[&e.link_group.expect("followers have a group")];
             let (from, to) = (rel_path(&base, &leader.path), rel_path(&base, &e.path));
             fs::hard_link(&from, &to).at("hardlink", &to)?;
+        }
+        // Linking followers changed their inode's ctime: stamp every hard-link group anew.
+        for e in self.manifest.files().filter(|e| e.link_group.is_some()) {
+            let p = rel_path(&base, &e.path);
+            stamps.insert(e.path.clone(), Stamp::of(&fs::symlink_metadata(&p).at("stat", &p)?));
         }
 
         for e in self.manifest.entries.iter().filter(|e| e.kind == EntryKind::Symlink) {
@@ -216,6 +224,7 @@ impl Plan {
             dir: Some(staging),
             link_used: stats.summary(),
             plan: self,
+            stamps,
         })
     }
 }
@@ -225,6 +234,8 @@ pub struct Staged {
     dir: Option<tempfile::TempDir>,
     link_used: String,
     pub plan: Plan,
+    /// Each restored file as materialized (see `seed`).
+    stamps: HashMap<Vec<u8>, Stamp>,
 }
 
 impl Staged {
@@ -243,9 +254,13 @@ impl Staged {
     pub fn commit(mut self) -> Result<Committed> {
         let base = self.path().to_path_buf();
         // Every file is written (adapters' fixups included) and the tree is not visible yet:
-        // the filesystem's "now" that tells restored files from later changes (see `seed`).
-        // Without it (say, the disk filled up) the restore stands; only the seeding is skipped.
-        let clock = seed::fs_clock(&base).ok();
+        // read the filesystem's clock and take the stat-cache rows for the files still exactly
+        // as materialized (see `seed`). Without the clock (say, the disk filled up) the restore
+        // stands; only the seeding is skipped.
+        let seed_rows = match seed::fs_clock(&base) {
+            Ok(clock) => seed::rows(&base, &self.plan, &self.stamps, clock),
+            Err(_) => Vec::new(),
+        };
         let plan = &self.plan;
         for e in plan.manifest.entries.iter().rev().filter(|e| e.kind == EntryKind::Dir) {
             set_dir_attrs(
@@ -303,10 +318,8 @@ impl Staged {
         result?;
         Ok(Committed {
             snapshot: self.plan.snapshot.id,
-            manifest: std::mem::take(&mut self.plan.manifest),
             dest: self.plan.dest.clone(),
-            rewritten: std::mem::take(&mut self.plan.private_copies),
-            clock,
+            seed_rows,
         })
     }
 }
@@ -314,19 +327,16 @@ impl Staged {
 /// A tree in place at `dest`.
 pub struct Committed {
     snapshot: i64,
-    manifest: Manifest,
     dest: PathBuf,
-    /// Files an adapter may have rewritten: never vouched for by the stat cache.
-    rewritten: HashSet<Vec<u8>>,
-    /// The filesystem's time once every file was written (see `seed`); None: not seeded.
-    clock: Option<i64>,
+    /// The stat-cache rows taken before the rename (see `seed`).
+    seed_rows: Vec<(Vec<u8>, crate::statcache::StatRow)>,
 }
 
 impl Committed {
     /// Write the destination's stat cache from what was restored, so the next save from there
     /// does not read the restored files again. Returns the number of files cached. A failure
     /// here costs only that re-read: callers report it and keep the restore.
-    pub fn seed_statcache(&self, store: &Store) -> Result<u64> {
+    pub fn seed_statcache(self, store: &Store) -> Result<u64> {
         seed::seed(store, self)
     }
 }
@@ -459,7 +469,7 @@ pub fn place_file(store: &Store, entry: &Entry, dest: &Path, link: LinkMode, cho
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = parent.join(format!(".{name}.envsnap-{}-{seq}", std::process::id()));
     let stats = LinkStats::default();
-    let used = materialize(&store.objects, entry, &tmp, link, chown, &stats).inspect_err(|_| {
+    let (used, _) = materialize(&store.objects, entry, &tmp, link, chown, &stats).inspect_err(|_| {
         let _ = fs::remove_file(&tmp);
     })?;
     fs::rename(&tmp, dest)
