@@ -113,3 +113,81 @@ pub(super) fn seed(store: &Store, done: Committed) -> Result<u64> {
     store.index().put_statcache(&dest, &cache)?;
     Ok(cache.len() as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::SnapshotRow;
+    use crate::snapshot::{Entry, Manifest};
+    use crate::store::ObjectId;
+
+    fn file(path: &str, content: &[u8]) -> Entry {
+        Entry {
+            path: path.as_bytes().to_vec(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: content.len() as u64,
+            mtime_ns: 1_600_000_000_000_000_000,
+            object: Some(ObjectId::new(blake3::hash(content), false)),
+            target: None,
+            link_group: None,
+            xattrs: vec![],
+            note: None,
+        }
+    }
+
+    /// Only files still exactly as materialized are vouched for: one replaced by another file of
+    /// the same size (a venv's retargeted `bin/python`), one written to in place, and one an
+    /// adapter rewrote by name are all left out.
+    #[test]
+    fn rows_skip_files_replaced_written_or_rewritten_since_they_were_stamped() {
+        let d = tempfile::tempdir().unwrap();
+        let names = ["kept", "replaced", "rewritten", "written"]; // sorted, as a manifest is
+        let mut entries = Vec::new();
+        let mut stamps = HashMap::new();
+        for n in names {
+            let p = d.path().join(n);
+            std::fs::write(&p, b"same size!").unwrap();
+            filetime::set_file_mtime(&p, filetime::FileTime::from_unix_time(1_600_000_000, 0)).unwrap();
+            stamps.insert(
+                n.as_bytes().to_vec(),
+                Stamp::of(&std::fs::symlink_metadata(&p).unwrap()),
+            );
+            entries.push(file(n, b"same size!"));
+        }
+        let replacement = d.path().join("new");
+        std::fs::write(&replacement, b"SAME SIZE!").unwrap();
+        filetime::set_file_mtime(&replacement, filetime::FileTime::from_unix_time(1_600_000_000, 0)).unwrap();
+        std::fs::rename(&replacement, d.path().join("replaced")).unwrap();
+        let w = d.path().join("written");
+        std::fs::write(&w, b"SAME SIZE!").unwrap();
+        filetime::set_file_mtime(&w, filetime::FileTime::from_unix_time(1_600_000_000, 0)).unwrap();
+        let row = SnapshotRow {
+            id: 1,
+            key: "k".into(),
+            kind: "dir".into(),
+            created_ns: 0,
+            source: "/s".into(),
+            tool_version: "t".into(),
+            meta: serde_json::json!({}),
+            files: 4,
+            dirs: 0,
+            symlinks: 0,
+            bytes: 40,
+            root_mode: 0o755,
+            root_uid: 0,
+            root_gid: 0,
+            root_mtime_ns: 0,
+            last_restored_ns: None,
+        };
+        let mut plan =
+            crate::restore::plan(&row, Manifest { entries }, &d.path().join("dest"), &Default::default()).unwrap();
+        plan.private_copies.insert(b"rewritten".to_vec());
+        let clock = fs_clock(d.path()).unwrap();
+        let rows = rows(d.path(), &plan, &stamps, clock);
+        let paths: Vec<&[u8]> = rows.iter().map(|(p, _)| p.as_slice()).collect();
+        assert_eq!(paths, vec![b"kept".as_slice()]);
+    }
+}
