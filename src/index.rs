@@ -595,20 +595,7 @@ mod tests {
     }
 
     fn file(path: &str, byte: u8) -> Entry {
-        Entry {
-            path: path.as_bytes().to_vec(),
-            kind: EntryKind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            size: 1,
-            mtime_ns: 5,
-            object: Some(ObjectId::new(blake3::hash(&[byte]), false)),
-            target: None,
-            link_group: None,
-            xattrs: vec![],
-            note: None,
-        }
+        Entry::test_file(path, &[byte])
     }
 
     /// A store written by the first release (schema 1) is upgraded in place: its snapshots stay

@@ -56,6 +56,25 @@ impl Entry {
     pub fn path_lossy(&self) -> String {
         String::from_utf8_lossy(&self.path).into_owned()
     }
+
+    /// A plain file entry for unit tests: mode 0644, owner 0, mtime 5 ns.
+    #[cfg(test)]
+    pub(crate) fn test_file(path: &str, content: &[u8]) -> Entry {
+        Entry {
+            path: path.as_bytes().to_vec(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: content.len() as u64,
+            mtime_ns: 5,
+            object: Some(ObjectId::new(blake3::hash(content), false)),
+            target: None,
+            link_group: None,
+            xattrs: vec![],
+            note: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default)]

@@ -43,6 +43,13 @@ fn build_tree(root: &Path) {
     }
 }
 
+/// `verify` is clean and KEY restores to OUT exactly as EXPECTED.
+fn verified_and_restores_as(store: &Path, key: &str, expected: &Path, out: &Path) {
+    assert_eq!(code(&envsnap(store, &["verify"])), 0);
+    restore_json(store, out.to_str().unwrap(), &["--key", key]);
+    assert_eq!(describe(out), describe(expected));
+}
+
 fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
@@ -391,10 +398,7 @@ fn a_flipped_byte_is_caught_by_verify_and_by_restore() {
     assert_eq!(code(&envsnap(&store, &["verify", "--repair"])), 2);
     let again = save_dir(&store, src.to_str().unwrap(), "k");
     assert_eq!(again["new_objects"], 1, "the removed object is stored anew");
-    assert_eq!(code(&envsnap(&store, &["verify"])), 0);
-    let out = d.path().join("out");
-    restore_json(&store, out.to_str().unwrap(), &["--key", "k"]);
-    assert_eq!(describe(&out), describe(&src));
+    verified_and_restores_as(&store, "k", &src, &d.path().join("out"));
 }
 
 /// The usual CI round: restore, install a little, save. The save used to read every restored
@@ -453,10 +457,7 @@ fn a_resave_after_gc_freed_its_objects_stores_them_again() {
     let again = save_dir(&store, s, "b");
     assert_eq!(again["new_objects"], first["new_objects"]);
     assert_eq!(again["hashed_files"], first["hashed_files"], "every file is read again");
-    assert_eq!(code(&envsnap(&store, &["verify"])), 0);
-    let out = d.path().join("out");
-    restore_json(&store, out.to_str().unwrap(), &["--key", "b"]);
-    assert_eq!(describe(&out), describe(&src));
+    verified_and_restores_as(&store, "b", &src, &d.path().join("out"));
 }
 
 /// A save trusts the stat cache. An object lost outside envsnap that no snapshot referenced any

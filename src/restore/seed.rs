@@ -119,24 +119,6 @@ mod tests {
     use super::*;
     use crate::index::SnapshotRow;
     use crate::snapshot::{Entry, Manifest};
-    use crate::store::ObjectId;
-
-    fn file(path: &str, content: &[u8]) -> Entry {
-        Entry {
-            path: path.as_bytes().to_vec(),
-            kind: EntryKind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            size: content.len() as u64,
-            mtime_ns: 1_600_000_000_000_000_000,
-            object: Some(ObjectId::new(blake3::hash(content), false)),
-            target: None,
-            link_group: None,
-            xattrs: vec![],
-            note: None,
-        }
-    }
 
     /// Only files still exactly as materialized are vouched for: one replaced by another file of
     /// the same size (a venv's retargeted `bin/python`), one written to in place, and one an
@@ -155,7 +137,7 @@ mod tests {
                 n.as_bytes().to_vec(),
                 Stamp::of(&std::fs::symlink_metadata(&p).unwrap()),
             );
-            entries.push(file(n, b"same size!"));
+            entries.push(Entry::test_file(n, b"same size!"));
         }
         let replacement = d.path().join("new");
         std::fs::write(&replacement, b"SAME SIZE!").unwrap();
