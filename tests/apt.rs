@@ -185,6 +185,26 @@ impl Chroot {
     }
     /// (path -> inode, size, mode, mtime, ctime) of everything apt may touch: detects any write,
     /// including a rename over a path (new inode) or a rewrite within the same second (ctime ns).
+    /// Append a stanza to dpkg's status, as if that package were installed.
+    fn append_status(&self, stanza: &str) {
+        let status = self.root.join("var/lib/dpkg/status");
+        let mut s = std::fs::read_to_string(&status).unwrap();
+        s.push_str(stanza);
+        std::fs::write(&status, s).unwrap();
+    }
+
+    /// `envsnap restore` into this root must exit `code` with `message` on stderr and write
+    /// nothing. Returns stderr.
+    fn assert_restore_refused(&self, store: &Path, code: i32, message: &str) -> String {
+        let before = self.fingerprint();
+        let out = envsnap(store, &["restore", self.root.to_str().unwrap(), "--key", KEY]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{err}");
+        assert!(err.contains(message), "{err}");
+        assert_eq!(before, self.fingerprint(), "a refused restore wrote to the target");
+        err.into_owned()
+    }
+
     fn fingerprint(&self) -> BTreeMap<PathBuf, [i64; 7]> {
         let mut m = BTreeMap::new();
         for top in ["usr", "etc", "var/lib", "var/cache/debconf"] {
@@ -336,18 +356,10 @@ fn conflicting_target_is_a_miss() {
     let store = snapshot_store(&tar);
     let c = fresh(&tar);
     // jq "installed" at another version (a status edit is enough for the rule).
-    let status = c.root.join("var/lib/dpkg/status");
-    let mut s = std::fs::read_to_string(&status).unwrap();
-    s.push_str(
+    c.append_status(
         "Package: jq\nStatus: install ok installed\nPriority: optional\nSection: utils\nMaintainer: x <x@example.org>\nArchitecture: amd64\nVersion: 1.5+fake-1\nDescription: fake\n\n",
     );
-    std::fs::write(&status, s).unwrap();
-    let before = c.fingerprint();
-    let out = envsnap(store, &["restore", c.root.to_str().unwrap(), "--key", KEY]);
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("jq:amd64 is installed at 1.5+fake-1"), "{err}");
-    assert_eq!(before, c.fingerprint(), "a conflicting restore wrote to the target");
+    c.assert_restore_refused(store, 1, "jq:amd64 is installed at 1.5+fake-1");
 }
 
 #[test]
@@ -469,15 +481,8 @@ fn missing_base_dependency_is_a_miss() {
         .collect();
     assert!(kept.len() < s.split("\n\n").count(), "zlib1g not in the base");
     std::fs::write(&status, kept.join("\n\n")).unwrap();
-    let before = c.fingerprint();
-    let out = envsnap(store, &["restore", c.root.to_str().unwrap(), "--key", KEY]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("not installed on the target") && err.contains("zlib1g"),
-        "{err}"
-    );
-    assert_eq!(before, c.fingerprint(), "a conflicting restore wrote to the target");
+    let err = c.assert_restore_refused(store, 1, "not installed on the target");
+    assert!(err.contains("zlib1g"), "{err}");
 }
 
 #[test]
@@ -499,12 +504,7 @@ fn restore_refuses_while_dpkg_is_locked() {
     fl.l_type = libc::F_WRLCK as _;
     fl.l_whence = libc::SEEK_SET as _;
     assert_eq!(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &fl) }, 0);
-    let before = c.fingerprint();
-    let out = envsnap(store, &["restore", c.root.to_str().unwrap(), "--key", KEY]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("dpkg lock is held by another process"), "{err}");
-    assert_eq!(before, c.fingerprint(), "restore wrote while dpkg was locked");
+    c.assert_restore_refused(store, 2, "dpkg lock is held by another process");
     drop(f);
 }
 
@@ -516,15 +516,9 @@ fn file_owned_by_a_foreign_package_is_a_miss() {
     let c = fresh(&tar);
     // A package outside the snapshot (and not in its base) owns /bin/jq, i.e. /usr/bin/jq on
     // merged-/usr: restoring would clobber its file.
-    let status = c.root.join("var/lib/dpkg/status");
-    let mut s = std::fs::read_to_string(&status).unwrap();
-    s.push_str("Package: otherjq\nStatus: install ok installed\nArchitecture: amd64\nVersion: 9\nDescription: x\n\n");
-    std::fs::write(&status, s).unwrap();
+    c.append_status(
+        "Package: otherjq\nStatus: install ok installed\nArchitecture: amd64\nVersion: 9\nDescription: x\n\n",
+    );
     std::fs::write(c.root.join("var/lib/dpkg/info/otherjq.list"), "/.\n/bin\n/bin/jq\n").unwrap();
-    let before = c.fingerprint();
-    let out = envsnap(store, &["restore", c.root.to_str().unwrap(), "--key", KEY]);
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("otherjq 9 owns /usr/bin/jq"), "{err}");
-    assert_eq!(before, c.fingerprint(), "a conflicting restore wrote to the target");
+    c.assert_restore_refused(store, 1, "otherjq 9 owns /usr/bin/jq");
 }

@@ -720,14 +720,7 @@ mod tests {
             version: "3.11.7".into(),
             ..Default::default()
         };
-        let new = Interpreter {
-            executable: "/usr/bin/python3.11".into(),
-            home: "/usr/bin".into(),
-            base_prefix: Some("/usr".into()),
-            base_exec_prefix: Some("/usr".into()),
-            version: "3.11.2".into(),
-            ..Default::default()
-        };
+        let new = installed("/usr", "3.11.2");
         let r = Rewriter::new(&[b"/w/venv".to_vec()], Path::new("/n/v"), Some((&old, &new)));
         let cfg = "home = /opt/a/bin\nversion_info = 3.11.7.final.0\nbase-prefix = /opt/a\nbase-exec-prefix = /opt/a\nbase-executable = /opt/a/bin/python3.11\ncommand = /opt/a/bin/python3.11 -m venv /w/venv\nprompt = x\n";
         let out = rewrite_pyvenv_cfg(cfg, &r, Some(&new));
@@ -740,24 +733,20 @@ mod tests {
         assert!(!is_python_name("python-config") && !is_python_name("pythonw"));
     }
 
+    /// A CPython 3.11 installed under PREFIX (`PREFIX/bin/python3.11`).
+    fn installed(prefix: &str, version: &str) -> Interpreter {
+        Interpreter {
+            executable: format!("{prefix}/bin/python3.11").into(),
+            home: format!("{prefix}/bin").into(),
+            base_prefix: Some(prefix.into()),
+            base_exec_prefix: Some(prefix.into()),
+            version: version.into(),
+            ..Default::default()
+        }
+    }
+
     fn debian_and_pyenv() -> (Interpreter, Interpreter) {
-        let old = Interpreter {
-            executable: "/usr/bin/python3.11".into(),
-            home: "/usr/bin".into(),
-            base_prefix: Some("/usr".into()),
-            base_exec_prefix: Some("/usr".into()),
-            version: "3.11.2".into(),
-            ..Default::default()
-        };
-        let new = Interpreter {
-            executable: "/p/3.11.7/bin/python3.11".into(),
-            home: "/p/3.11.7/bin".into(),
-            base_prefix: Some("/p/3.11.7".into()),
-            base_exec_prefix: Some("/p/3.11.7".into()),
-            version: "3.11.7".into(),
-            ..Default::default()
-        };
-        (old, new)
+        (installed("/usr", "3.11.2"), installed("/p/3.11.7", "3.11.7"))
     }
 
     #[test]
