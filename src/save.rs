@@ -101,6 +101,12 @@ fn ctime_ns(m: &Metadata) -> i64 {
 }
 
 pub fn save(store: &Store, req: SaveRequest) -> Result<SaveReport> {
+    save_with_manifest(store, req).map(|(report, _)| report)
+}
+
+/// [`save`], also returning the manifest it committed (adapters summarize it without loading
+/// it back from the index).
+pub fn save_with_manifest(store: &Store, req: SaveRequest) -> Result<(SaveReport, Manifest)> {
     let start = Instant::now();
     crate::key::validate(&req.key)?;
     let root = std::path::absolute(&req.root).at("resolve", &req.root)?;
@@ -288,7 +294,7 @@ pub fn save(store: &Store, req: SaveRequest) -> Result<SaveReport> {
             statcache: &stat_cache(&manifest, &stat_ids, started_ns, scanner_id),
         })?,
     };
-    Ok(SaveReport {
+    let report = SaveReport {
         snapshot_id,
         key: req.key,
         kind: req.kind,
@@ -302,7 +308,8 @@ pub fn save(store: &Store, req: SaveRequest) -> Result<SaveReport> {
         new_bytes,
         skipped_special: skipped,
         seconds: start.elapsed().as_secs_f64(),
-    })
+    };
+    Ok((report, manifest))
 }
 
 /// What the stat cache keeps of a scanned path besides its entry.

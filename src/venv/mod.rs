@@ -309,9 +309,8 @@ pub fn save_venv(
         scanner: Some(&scanner),
         progress,
     };
-    let save = crate::save::save(store, req)?;
-    let files_with_paths = store
-        .manifest(save.snapshot_id)?
+    let (save, manifest) = crate::save::save_with_manifest(store, req)?;
+    let files_with_paths = manifest
         .files()
         .filter(|e| e.note.as_deref().and_then(Note::parse).is_some_and(|n| n.k != "pyc"))
         .count() as u64;
