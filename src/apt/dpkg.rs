@@ -7,7 +7,7 @@
 
 use crate::error::{Error, IoContext, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 /// One paragraph of a deb822 file, text kept byte-exact (ends with '\n', no blank line).
@@ -116,15 +116,6 @@ pub fn installed_packages(root: &Path) -> Result<Vec<Pkg>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(Error::io("read", &p, e)),
     }
-}
-
-/// Map of package name -> versions present (several when multi-arch).
-pub fn versions_by_name(pkgs: &[Pkg]) -> HashMap<&str, Vec<&Pkg>> {
-    let mut m: HashMap<&str, Vec<&Pkg>> = HashMap::new();
-    for p in pkgs {
-        m.entry(p.name.as_str()).or_default().push(p);
-    }
-    m
 }
 
 /// Owners (package names, arch qualifier stripped) of the given absolute paths ("/usr/bin/jq")
