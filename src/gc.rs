@@ -124,7 +124,13 @@ pub fn gc(store: &Store, opts: &GcOptions) -> Result<GcReport> {
     // The stat cache first: a save trusts it without checking the object exists, so it must
     // never name an object that is gone (not even after a gc killed midway).
     store.index().retain_statcache(|o| live.contains(o))?;
-    for (id, _) in present.iter().filter(|(id, _)| !live.contains(id)) {
+    let dead: Vec<ObjectId> = present
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| !live.contains(id))
+        .collect();
+    store.index().forget_objects(&dead)?;
+    for id in &dead {
         store.objects.delete(id)?;
     }
     // With the exclusive lock held no save is running: every temporary file is garbage.

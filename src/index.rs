@@ -8,10 +8,13 @@ use crate::error::{Error, Result};
 use crate::snapshot::{Entry, EntryKind, Manifest};
 use crate::statcache::StatCache;
 use crate::store::ObjectId;
+pub use crate::store::ObjectStat;
 use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub const INDEX_FILE: &str = "index.sqlite";
 
@@ -85,6 +88,45 @@ const MIGRATIONS: &[&str] = &[
         scanner TEXT NOT NULL,
         data BLOB NOT NULL
     );",
+    // 3: snapshots with the same manifest share it. A save under a new key of content already
+    // in the store (CI's common case: the requirements hash changed, the tree did not) wrote
+    // every entry again (11k rows, 3x a same-key re-save); now it adds one snapshot row that
+    // points at the existing manifest. `manifests.digest` is `Manifest::digest()`; entries are
+    // keyed by manifest; a manifest no snapshot references is deleted with its last snapshot.
+    // `row_digest` covers the snapshot row's immutable fields (`row_digest()`): with the
+    // manifest digest, every field a restore uses is checked when it is loaded.
+    // The entries are moved by `migrate_data` (old snapshots without a digest get one there).
+    // `objects` records each object's (size, mtime, inode) as written, so a hardlink restore
+    // can tell with one fstat whether an object was written to since (see `restore/link.rs`).
+    "CREATE TABLE manifests (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        digest TEXT NOT NULL UNIQUE
+    );
+    ALTER TABLE snapshots ADD COLUMN manifest INTEGER REFERENCES manifests(id);
+    ALTER TABLE snapshots ADD COLUMN row_digest TEXT;
+    CREATE INDEX snapshots_by_manifest ON snapshots(manifest);
+    CREATE TABLE manifest_entries (
+        manifest INTEGER NOT NULL REFERENCES manifests(id) ON DELETE CASCADE,
+        path BLOB NOT NULL,
+        kind INTEGER NOT NULL,
+        mode INTEGER NOT NULL,
+        uid INTEGER NOT NULL,
+        gid INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        object TEXT,
+        target BLOB,
+        link_group INTEGER,
+        xattrs BLOB,
+        note TEXT,
+        PRIMARY KEY (manifest, path)
+    ) WITHOUT ROWID;
+    CREATE TABLE objects (
+        id TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        ino INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 #[derive(Clone, Debug)]
@@ -151,6 +193,119 @@ pub struct NewSnapshot<'a> {
     pub manifest: &'a Manifest,
     /// Replaces the stat cache for `row.source`.
     pub statcache: &'a StatCache,
+    /// The objects this save wrote, as written (see [`ObjectStat`]).
+    pub objects: &'a [(ObjectId, ObjectStat)],
+}
+
+/// A snapshot and its manifest, or why it cannot be trusted.
+pub struct SnapshotManifest {
+    pub id: i64,
+    pub key: String,
+    pub manifest: std::result::Result<Arc<Manifest>, String>,
+}
+
+/// The columns of a snapshot row that a restore uses and that never change after the save
+/// (not `created_ns` / `last_restored_ns`), as stored: `row_digest` covers them.
+const CHECK_COLS: &str = "key, kind, source, tool_version, meta, files, dirs, symlinks, bytes, root_mode, root_uid, \
+                          root_gid, root_mtime_ns, manifest_digest, scanner, manifest, row_digest";
+
+struct CheckRow {
+    key: String,
+    kind: String,
+    source: Vec<u8>,
+    tool_version: String,
+    meta: String,
+    counts: [i64; 4],
+    root: [i64; 4],
+    manifest_digest: Option<String>,
+    scanner: Option<String>,
+    manifest: Option<i64>,
+    row_digest: Option<String>,
+}
+
+impl CheckRow {
+    fn read(r: &rusqlite::Row) -> rusqlite::Result<Self> {
+        Self::read_at(r, 0)
+    }
+
+    fn read_at(r: &rusqlite::Row, o: usize) -> rusqlite::Result<Self> {
+        Ok(CheckRow {
+            key: r.get(o)?,
+            kind: r.get(o + 1)?,
+            source: r.get(o + 2)?,
+            tool_version: r.get(o + 3)?,
+            meta: r.get(o + 4)?,
+            counts: [r.get(o + 5)?, r.get(o + 6)?, r.get(o + 7)?, r.get(o + 8)?],
+            root: [r.get(o + 9)?, r.get(o + 10)?, r.get(o + 11)?, r.get(o + 12)?],
+            manifest_digest: r.get(o + 13)?,
+            scanner: r.get(o + 14)?,
+            manifest: r.get(o + 15)?,
+            row_digest: r.get(o + 16)?,
+        })
+    }
+
+    fn of(row: &SnapshotRow, meta: &str, manifest_digest: &str, scanner: Option<&str>) -> Self {
+        CheckRow {
+            key: row.key.clone(),
+            kind: row.kind.clone(),
+            source: row.source.as_os_str().as_bytes().to_vec(),
+            tool_version: row.tool_version.clone(),
+            meta: meta.to_string(),
+            counts: [row.files, row.dirs, row.symlinks, row.bytes].map(|n| n as i64),
+            root: [
+                row.root_mode as i64,
+                row.root_uid as i64,
+                row.root_gid as i64,
+                row.root_mtime_ns,
+            ],
+            manifest_digest: Some(manifest_digest.to_string()),
+            scanner: scanner.map(str::to_string),
+            manifest: None,
+            row_digest: None,
+        }
+    }
+
+    /// BLAKE3 over every field, length-prefixed (as `Manifest::digest`).
+    fn digest(&self) -> String {
+        let mut b = Vec::with_capacity(256 + self.meta.len());
+        let mut bytes = |v: Option<&[u8]>| match v {
+            None => b.push(0),
+            Some(v) => {
+                b.push(1);
+                b.extend_from_slice(&(v.len() as u64).to_le_bytes());
+                b.extend_from_slice(v);
+            }
+        };
+        bytes(Some(b"envsnap-snapshot-v1"));
+        bytes(Some(self.key.as_bytes()));
+        bytes(Some(self.kind.as_bytes()));
+        bytes(Some(&self.source));
+        bytes(Some(self.tool_version.as_bytes()));
+        bytes(Some(self.meta.as_bytes()));
+        for n in self.counts.iter().chain(&self.root) {
+            bytes(Some(&n.to_le_bytes()));
+        }
+        bytes(self.manifest_digest.as_deref().map(str::as_bytes));
+        bytes(self.scanner.as_deref().map(str::as_bytes));
+        blake3::hash(&b).to_hex().to_string()
+    }
+
+    /// The manifest id, if the row matches its digest.
+    fn check(&self) -> Result<i64> {
+        if self.row_digest.as_deref() != Some(&self.digest()) {
+            return Err(damaged(&self.key, "its snapshot row does not match its digest"));
+        }
+        self.manifest.ok_or_else(|| damaged(&self.key, "it has no manifest"))
+    }
+}
+
+/// A snapshot the index cannot vouch for: its row or entries were changed outside envsnap
+/// (a flipped bit, an edited database). Never restored.
+fn damaged(key: &str, why: &str) -> Error {
+    Error::Other(format!(
+        "snapshot {} is damaged in the index ({why}): run `envsnap verify --repair`, then save it again",
+        crate::key::escaped(key)
+    ))
 }
 
 impl Index {
@@ -219,6 +374,7 @@ impl Index {
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(have) {
             tx.execute_batch(sql).map_err(err)?;
+            migrate_data(&tx, &path, i + 1)?;
             tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(err)?;
         }
         tx.commit().map_err(err)
@@ -273,56 +429,77 @@ impl Index {
 
     /// A snapshot's entries, read in one transaction with a check that the snapshot still
     /// exists: a key re-saved or a snapshot removed by gc since the lookup is an error, never an
-    /// empty or foreign tree.
+    /// empty or foreign tree. The snapshot row and the entries are checked against their
+    /// digests: a damaged index is an error naming the key, never a wrong tree.
     pub fn manifest(&self, snapshot: i64) -> Result<Manifest> {
         let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
-        let exists: Option<String> = tx
-            .query_row("SELECT key FROM snapshots WHERE id = ?1", [snapshot], |r| r.get(0))
+        let row = tx
+            .query_row(
+                &format!("SELECT {CHECK_COLS} FROM snapshots WHERE id = ?1"),
+                [snapshot],
+                CheckRow::read,
+            )
             .optional()
             .map_err(|e| self.err(e))?;
-        if exists.is_none() {
+        let Some(row) = row else {
             return Err(Error::Other(format!(
                 "snapshot {snapshot} was replaced or removed while it was being restored: run the restore again"
             )));
+        };
+        let manifest_id = row.check()?;
+        let m = read_entries(&tx, &self.path, manifest_id).map_err(|e| damaged(&row.key, &e.to_string()))?;
+        if m.digest() != row.manifest_digest.as_deref().unwrap_or_default() {
+            return Err(damaged(&row.key, "its entries do not match their digest"));
         }
-        let m = self.entries(snapshot)?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(m)
     }
 
-    fn entries(&self, snapshot: i64) -> Result<Manifest> {
-        let mut st = self
-            .conn
-            .prepare(
-                "SELECT path, kind, mode, uid, gid, size, mtime_ns, object, target, link_group, xattrs, note \
-                 FROM entries WHERE snapshot = ?1 ORDER BY path",
-            )
-            .map_err(|e| self.err(e))?;
-        let mut rows = st.query([snapshot]).map_err(|e| self.err(e))?;
-        let mut entries = Vec::new();
-        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
-            let get_err = |e| Error::index(&self.path, e);
-            let object: Option<String> = r.get(7).map_err(get_err)?;
-            let xattrs: Option<Vec<u8>> = r.get(10).map_err(get_err)?;
-            entries.push(Entry {
-                path: r.get(0).map_err(get_err)?,
-                kind: EntryKind::from_code(r.get(1).map_err(get_err)?)?,
-                mode: r.get(2).map_err(get_err)?,
-                uid: r.get(3).map_err(get_err)?,
-                gid: r.get(4).map_err(get_err)?,
-                size: r.get::<_, i64>(5).map_err(get_err)? as u64,
-                mtime_ns: r.get(6).map_err(get_err)?,
-                object: object.map(|o| o.parse()).transpose()?,
-                target: r.get(8).map_err(get_err)?,
-                link_group: r.get::<_, Option<i64>>(9).map_err(get_err)?.map(|g| g as u64),
-                xattrs: match xattrs {
-                    Some(b) => decode_xattrs(&b)?,
-                    None => Vec::new(),
-                },
-                note: r.get(11).map_err(get_err)?,
+    /// Every snapshot with its manifest, each distinct manifest read and checked once (gc,
+    /// verify, show): `Err(why)` for a snapshot whose row or entries fail their digests.
+    pub fn all_manifests(&self) -> Result<Vec<SnapshotManifest>> {
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+        let rows: Vec<(i64, CheckRow)> = {
+            let mut st = tx
+                .prepare(&format!("SELECT id, {CHECK_COLS} FROM snapshots ORDER BY id"))
+                .map_err(|e| self.err(e))?;
+            let rows = st
+                .query_map([], |r| Ok((r.get(0)?, CheckRow::read_at(r, 1)?)))
+                .map_err(|e| self.err(e))?;
+            rows.collect::<rusqlite::Result<_>>().map_err(|e| self.err(e))?
+        };
+        let mut loaded: HashMap<i64, std::result::Result<Arc<Manifest>, String>> = HashMap::new();
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, row) in rows {
+            let manifest = match row.check() {
+                Err(e) => Err(e.to_string()),
+                Ok(m) => {
+                    let got = match loaded.get(&m) {
+                        Some(got) => got.clone(),
+                        None => {
+                            let got = match read_entries(&tx, &self.path, m) {
+                                Ok(man) => Ok(Arc::new(man)),
+                                Err(e) => Err(e.to_string()),
+                            };
+                            loaded.insert(m, got.clone());
+                            got
+                        }
+                    };
+                    match got {
+                        Ok(man) if Some(man.digest()) == row.manifest_digest => Ok(man),
+                        Ok(_) => Err(damaged(&row.key, "its entries do not match their digest").to_string()),
+                        Err(e) => Err(damaged(&row.key, &e).to_string()),
+                    }
+                }
+            };
+            out.push(SnapshotManifest {
+                id,
+                key: row.key,
+                manifest,
             });
         }
-        Ok(Manifest { entries })
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(out)
     }
 
     /// The stat cache of the last save from `source`; empty if there is none or it was written
@@ -343,25 +520,52 @@ impl Index {
     }
 
     /// Commit a snapshot in one transaction: it replaces any snapshot with the same key (keys
-    /// are updatable) and becomes visible only now, after all its objects are in place.
+    /// are updatable) and becomes visible only now, after all its objects are in place. A
+    /// manifest already in the index (same digest) is shared, not written again. `objects`
+    /// are the (size, mtime, inode) of the objects this save wrote.
     pub fn commit_snapshot(&mut self, new: NewSnapshot) -> Result<i64> {
         let path = self.path.clone();
         let err = |e| Error::index(&path, e);
         let tx = self.begin_write()?;
         let row = new.row;
+        let old_manifest: Option<Option<i64>> = tx
+            .query_row("SELECT manifest FROM snapshots WHERE key = ?1", [&row.key], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(err)?;
         tx.execute("DELETE FROM snapshots WHERE key = ?1", [&row.key])
             .map_err(err)?;
+        let digest = new.manifest.digest();
+        let existing: Option<i64> = tx
+            .query_row("SELECT id FROM manifests WHERE digest = ?1", [&digest], |r| r.get(0))
+            .optional()
+            .map_err(err)?;
+        let manifest_id = match existing {
+            Some(m) => m,
+            None => {
+                tx.execute("INSERT INTO manifests (digest) VALUES (?1)", [&digest])
+                    .map_err(err)?;
+                let m = tx.last_insert_rowid();
+                insert_entries(&tx, m, new.manifest).map_err(err)?;
+                m
+            }
+        };
+        let meta = row.meta.to_string();
+        let scanner = Some(new.statcache.scanner.as_str());
+        let row_digest = CheckRow::of(row, &meta, &digest, scanner).digest();
         tx.execute(
             "INSERT INTO snapshots (key, kind, created_ns, source, tool_version, meta, files, dirs, symlinks, bytes, \
-             root_mode, root_uid, root_gid, root_mtime_ns, last_restored_ns, manifest_digest, scanner) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, NULL, ?15, ?16)",
+             root_mode, root_uid, root_gid, root_mtime_ns, last_restored_ns, manifest_digest, scanner, manifest, \
+             row_digest) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, NULL, ?15, ?16, ?17, ?18)",
             params![
                 row.key,
                 row.kind,
                 row.created_ns,
                 row.source.as_os_str().as_bytes(),
                 row.tool_version,
-                row.meta.to_string(),
+                meta,
                 row.files as i64,
                 row.dirs as i64,
                 row.symlinks as i64,
@@ -370,38 +574,18 @@ impl Index {
                 row.root_uid,
                 row.root_gid,
                 row.root_mtime_ns,
-                new.manifest.digest(),
-                new.statcache.scanner,
+                digest,
+                scanner,
+                manifest_id,
+                row_digest,
             ],
         )
         .map_err(err)?;
         let id = tx.last_insert_rowid();
-        {
-            let mut ins = tx
-                .prepare(
-                    "INSERT INTO entries (snapshot, path, kind, mode, uid, gid, size, mtime_ns, object, target, \
-                     link_group, xattrs, note) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-                )
-                .map_err(err)?;
-            for e in &new.manifest.entries {
-                ins.execute(params![
-                    id,
-                    e.path,
-                    e.kind.code(),
-                    e.mode,
-                    e.uid,
-                    e.gid,
-                    e.size as i64,
-                    e.mtime_ns,
-                    e.object.map(|o| o.to_string()),
-                    e.target,
-                    e.link_group.map(|g| g as i64),
-                    (!e.xattrs.is_empty()).then(|| encode_xattrs(&e.xattrs)),
-                    e.note,
-                ])
-                .map_err(err)?;
-            }
+        if let Some(Some(old)) = old_manifest.filter(|m| *m != Some(manifest_id)) {
+            drop_unreferenced_manifest(&tx, old).map_err(err)?;
         }
+        record_objects(&tx, new.objects).map_err(err)?;
         put_statcache(&tx, &row.source, new.statcache).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(id)
@@ -463,28 +647,62 @@ impl Index {
         let err = |e| Error::index(&path, e);
         let tx = self.conn.transaction().map_err(err)?;
         for id in ids {
+            let m: Option<Option<i64>> = tx
+                .query_row("SELECT manifest FROM snapshots WHERE id = ?1", [id], |r| r.get(0))
+                .optional()
+                .map_err(err)?;
             tx.execute("DELETE FROM snapshots WHERE id = ?1", [id]).map_err(err)?;
+            if let Some(Some(m)) = m {
+                drop_unreferenced_manifest(&tx, m).map_err(err)?;
+            }
         }
         tx.commit().map_err(err)
     }
 
-    /// (snapshot id, object, size) for every file entry: what gc and `show` count with.
+    /// (snapshot id, object, size) for every file entry: what gc and `show` count with. Every
+    /// manifest is checked against its digest: a damaged one is an error naming its key (gc
+    /// must not decide what to delete from a damaged index).
     pub fn object_refs(&self) -> Result<Vec<(i64, ObjectId, u64)>> {
-        let mut st = self
-            .conn
-            .prepare("SELECT snapshot, object, size FROM entries WHERE object IS NOT NULL")
-            .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map([], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)? as u64))
-            })
-            .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
-        for r in rows {
-            let (s, o, n) = r.map_err(|e| self.err(e))?;
-            out.push((s, o.parse()?, n));
+        for s in self.all_manifests()? {
+            let m = s.manifest.map_err(Error::Other)?;
+            out.extend(m.files().filter_map(|e| Some((s.id, e.object?, e.size))));
         }
         Ok(out)
+    }
+
+    /// The (size, mtime, inode) recorded for an object, if any.
+    pub fn object_stat(&self, id: &ObjectId) -> Result<Option<ObjectStat>> {
+        self.conn
+            .prepare_cached("SELECT size, mtime_ns, ino FROM objects WHERE id = ?1")
+            .and_then(|mut st| {
+                st.query_row([id.to_string()], |r| {
+                    Ok(ObjectStat {
+                        size: r.get::<_, i64>(0)? as u64,
+                        mtime_ns: r.get(1)?,
+                        ino: r.get::<_, i64>(2)? as u64,
+                    })
+                })
+                .optional()
+            })
+            .map_err(|e| self.err(e))
+    }
+
+    /// Record objects as just written or verified.
+    pub fn record_objects(&self, objects: &[(ObjectId, ObjectStat)]) -> Result<()> {
+        record_objects(&self.conn, objects).map_err(|e| self.err(e))
+    }
+
+    /// Forget the recorded stats of objects about to be deleted or quarantined.
+    pub fn forget_objects(&mut self, ids: &[ObjectId]) -> Result<()> {
+        let path = self.path.clone();
+        let err = |e| Error::index(&path, e);
+        let tx = self.begin_write()?;
+        for id in ids {
+            tx.execute("DELETE FROM objects WHERE id = ?1", [id.to_string()])
+                .map_err(err)?;
+        }
+        tx.commit().map_err(err)
     }
 
     /// The `ContentScanner::id()` the snapshot was saved with (None before schema 2).
@@ -545,6 +763,185 @@ fn put_statcache(conn: &Connection, source: &Path, cache: &StatCache) -> rusqlit
         params![source.as_os_str().as_bytes(), cache.scanner, cache.encode()],
     )
     .map(|_| ())
+}
+
+/// A manifest's entries, in path order.
+fn read_entries(conn: &Connection, path: &Path, manifest: i64) -> Result<Manifest> {
+    let get_err = |e| Error::index(path, e);
+    let mut st = conn
+        .prepare_cached(
+            "SELECT path, kind, mode, uid, gid, size, mtime_ns, object, target, link_group, xattrs, note \
+             FROM entries WHERE manifest = ?1 ORDER BY path",
+        )
+        .map_err(get_err)?;
+    let mut rows = st.query([manifest]).map_err(get_err)?;
+    let mut entries = Vec::new();
+    while let Some(r) = rows.next().map_err(get_err)? {
+        entries.push(entry_from_row(r).map_err(|e| match e {
+            EntryError::Sql(e) => Error::index(path, e),
+            EntryError::Bad(e) => e,
+        })?);
+    }
+    Ok(Manifest { entries })
+}
+
+enum EntryError {
+    Sql(rusqlite::Error),
+    Bad(Error),
+}
+
+impl From<rusqlite::Error> for EntryError {
+    fn from(e: rusqlite::Error) -> Self {
+        EntryError::Sql(e)
+    }
+}
+
+impl From<Error> for EntryError {
+    fn from(e: Error) -> Self {
+        EntryError::Bad(e)
+    }
+}
+
+/// One entry from `path, kind, mode, uid, gid, size, mtime_ns, object, target, link_group,
+/// xattrs, note`.
+fn entry_from_row(r: &rusqlite::Row) -> std::result::Result<Entry, EntryError> {
+    let object: Option<String> = r.get(7)?;
+    let xattrs: Option<Vec<u8>> = r.get(10)?;
+    Ok(Entry {
+        path: r.get(0)?,
+        kind: EntryKind::from_code(r.get(1)?)?,
+        mode: r.get(2)?,
+        uid: r.get(3)?,
+        gid: r.get(4)?,
+        size: r.get::<_, i64>(5)? as u64,
+        mtime_ns: r.get(6)?,
+        object: object.map(|o| o.parse()).transpose()?,
+        target: r.get(8)?,
+        link_group: r.get::<_, Option<i64>>(9)?.map(|g| g as u64),
+        xattrs: match xattrs {
+            Some(b) => decode_xattrs(&b)?,
+            None => Vec::new(),
+        },
+        note: r.get(11)?,
+    })
+}
+
+fn insert_entries(conn: &Connection, manifest: i64, m: &Manifest) -> rusqlite::Result<()> {
+    let mut ins = conn.prepare(
+        "INSERT INTO entries (manifest, path, kind, mode, uid, gid, size, mtime_ns, object, target, \
+         link_group, xattrs, note) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?;
+    for e in &m.entries {
+        ins.execute(params![
+            manifest,
+            e.path,
+            e.kind.code(),
+            e.mode,
+            e.uid,
+            e.gid,
+            e.size as i64,
+            e.mtime_ns,
+            e.object.map(|o| o.to_string()),
+            e.target,
+            e.link_group.map(|g| g as i64),
+            (!e.xattrs.is_empty()).then(|| encode_xattrs(&e.xattrs)),
+            e.note,
+        ])?;
+    }
+    Ok(())
+}
+
+/// Delete manifest `m` (its entries cascade) unless a snapshot still references it.
+fn drop_unreferenced_manifest(conn: &Connection, m: i64) -> rusqlite::Result<()> {
+    conn.execute(
+        "DELETE FROM manifests WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM snapshots WHERE manifest = ?1)",
+        [m],
+    )
+    .map(|_| ())
+}
+
+fn record_objects(conn: &Connection, objects: &[(ObjectId, ObjectStat)]) -> rusqlite::Result<()> {
+    let mut ins =
+        conn.prepare_cached("INSERT OR REPLACE INTO objects (id, size, mtime_ns, ino) VALUES (?1, ?2, ?3, ?4)")?;
+    for (id, s) in objects {
+        ins.execute(params![id.to_string(), s.size as i64, s.mtime_ns, s.ino as i64])?;
+    }
+    Ok(())
+}
+
+/// Data moves that a migration's SQL cannot express, run right after it in the same
+/// transaction.
+fn migrate_data(tx: &Connection, path: &Path, version: usize) -> Result<()> {
+    let err = |e| Error::index(path, e);
+    if version != 3 {
+        return Ok(());
+    }
+    // Every snapshot points at the manifest of its digest; the first snapshot with a digest
+    // brings the entries. A snapshot saved before schema 2 gets its digest computed here. A
+    // stored digest is kept even where the rows no longer match it (a damaged index): loading
+    // then reports the damage instead of this migration blessing it.
+    let snaps: Vec<(i64, CheckRow)> = {
+        let mut st = tx
+            .prepare(
+                "SELECT id, key, kind, source, tool_version, meta, files, dirs, symlinks, bytes, root_mode, \
+                 root_uid, root_gid, root_mtime_ns, manifest_digest, scanner, NULL, NULL FROM snapshots ORDER BY id",
+            )
+            .map_err(err)?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, CheckRow::read_at(r, 1)?)))
+            .map_err(err)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(err)?
+    };
+    for (id, mut row) in snaps {
+        let digest = match row.manifest_digest.take() {
+            Some(d) => d,
+            None => {
+                let mut st = tx
+                    .prepare_cached(
+                        "SELECT path, kind, mode, uid, gid, size, mtime_ns, object, target, link_group, xattrs, note \
+                         FROM entries WHERE snapshot = ?1 ORDER BY path",
+                    )
+                    .map_err(err)?;
+                let mut rows = st.query([id]).map_err(err)?;
+                let mut entries = Vec::new();
+                let mut readable = true;
+                while let Some(r) = rows.next().map_err(err)? {
+                    match entry_from_row(r) {
+                        Ok(e) => entries.push(e),
+                        Err(_) => readable = false,
+                    }
+                }
+                if readable {
+                    Manifest { entries }.digest()
+                } else {
+                    // Never matches: the snapshot reads as damaged, as it is.
+                    format!("unreadable-{id}")
+                }
+            }
+        };
+        tx.execute("INSERT OR IGNORE INTO manifests (digest) VALUES (?1)", [&digest])
+            .map_err(err)?;
+        let fresh = tx.changes() == 1;
+        let m: i64 = tx
+            .query_row("SELECT id FROM manifests WHERE digest = ?1", [&digest], |r| r.get(0))
+            .map_err(err)?;
+        if fresh {
+            tx.execute(
+                "INSERT INTO manifest_entries SELECT ?1, path, kind, mode, uid, gid, size, mtime_ns, object, \
+                 target, link_group, xattrs, note FROM entries WHERE snapshot = ?2",
+                [m, id],
+            )
+            .map_err(err)?;
+        }
+        row.manifest_digest = Some(digest);
+        tx.execute(
+            "UPDATE snapshots SET manifest = ?1, manifest_digest = ?2, row_digest = ?3 WHERE id = ?4",
+            params![m, row.manifest_digest, row.digest(), id],
+        )
+        .map_err(err)?;
+    }
+    tx.execute_batch("DROP TABLE entries; ALTER TABLE manifest_entries RENAME TO entries;")
+        .map_err(err)
 }
 
 /// xattrs as `name\0len(u32 le)value` records: compact, binary-safe, no extra dependency.
@@ -643,6 +1040,147 @@ mod tests {
         assert_eq!(idx.same_snapshot(&row, &other).unwrap(), None);
     }
 
+    /// An index written by the schema-2 release (`tests/fixtures/schema2-store`: keys `a` and
+    /// `b` over the same tree, `c` over a changed one) is upgraded in place: every snapshot
+    /// loads with its digest checked, `a` and `b` share one manifest, and the entries moved.
+    #[test]
+    fn a_schema_2_index_is_upgraded_and_snapshots_share_manifests() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join(INDEX_FILE);
+        std::fs::write(&p, include_bytes!("../tests/fixtures/schema2-store/index.sqlite")).unwrap();
+        let before = Connection::open(&p).unwrap();
+        assert_eq!(
+            before
+                .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+                .unwrap(),
+            2
+        );
+        drop(before);
+        let idx = Index::open(&p).unwrap();
+        assert_eq!(idx.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        let m: Vec<Manifest> = ["a", "b", "c"]
+            .iter()
+            .map(|k| idx.manifest(idx.get(k).unwrap().unwrap().id).unwrap())
+            .collect();
+        assert_eq!(m[0].entries, m[1].entries);
+        assert_ne!(m[0].entries, m[2].entries);
+        let files: Vec<String> = m[0].entries.iter().map(Entry::path_lossy).collect();
+        assert_eq!(files, ["a.txt", "link", "run.sh", "sub", "sub/hard", "sub/token"]);
+        let count = |sql: &str| idx.conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+        assert_eq!(count("SELECT count(*) FROM manifests"), 2);
+        assert_eq!(count("SELECT count(DISTINCT manifest) FROM snapshots"), 2);
+        assert_eq!(count("SELECT count(*) FROM entries"), 12);
+        assert!(idx.all_manifests().unwrap().iter().all(|s| s.manifest.is_ok()));
+    }
+
+    fn row(key: &str) -> SnapshotRow {
+        SnapshotRow {
+            id: 0,
+            key: key.into(),
+            kind: "dir".into(),
+            created_ns: 1,
+            source: "/s".into(),
+            tool_version: "t".into(),
+            meta: serde_json::json!({}),
+            files: 2,
+            dirs: 0,
+            symlinks: 0,
+            bytes: 2,
+            root_mode: 0o755,
+            root_uid: 0,
+            root_gid: 0,
+            root_mtime_ns: 7,
+            last_restored_ns: None,
+        }
+    }
+
+    fn commit(idx: &mut Index, key: &str, m: &Manifest) -> i64 {
+        idx.commit_snapshot(NewSnapshot {
+            row: &row(key),
+            manifest: m,
+            statcache: &StatCache::default(),
+            objects: &[],
+        })
+        .unwrap()
+    }
+
+    /// A new key over the same content adds a snapshot row, not a second copy of the entries;
+    /// the shared manifest goes with the last snapshot that references it.
+    #[test]
+    fn same_content_under_new_keys_shares_one_manifest_until_the_last_goes() {
+        let d = tempfile::tempdir().unwrap();
+        let mut idx = Index::open(&d.path().join(INDEX_FILE)).unwrap();
+        let m = Manifest {
+            entries: vec![file("a", 1), file("b", 2)],
+        };
+        let other = Manifest {
+            entries: vec![file("a", 3)],
+        };
+        let count = |idx: &Index, t: &str| {
+            idx.conn
+                .query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get::<_, i64>(0))
+                .unwrap()
+        };
+        let a = commit(&mut idx, "a", &m);
+        let b = commit(&mut idx, "b", &m);
+        assert_eq!((count(&idx, "manifests"), count(&idx, "entries")), (1, 2));
+        assert_eq!(idx.manifest(b).unwrap().entries, m.entries);
+        // Re-saving `a` with other content keeps the manifest `b` uses.
+        let a2 = commit(&mut idx, "a", &other);
+        assert_eq!((count(&idx, "manifests"), count(&idx, "entries")), (2, 3));
+        assert!(idx.manifest(a).is_err(), "the replaced snapshot is gone");
+        idx.delete_snapshots(&[b]).unwrap();
+        assert_eq!((count(&idx, "manifests"), count(&idx, "entries")), (1, 1));
+        assert_eq!(idx.manifest(a2).unwrap().entries, other.entries);
+        idx.delete_snapshots(&[a2]).unwrap();
+        assert_eq!((count(&idx, "manifests"), count(&idx, "entries")), (0, 0));
+    }
+
+    /// Rows changed outside envsnap (a flipped bit, an edited database) are never loaded as a
+    /// manifest: the error names the key, escaped.
+    #[test]
+    fn a_changed_row_or_entry_fails_its_digest_naming_the_key() {
+        let d = tempfile::tempdir().unwrap();
+        let mut idx = Index::open(&d.path().join(INDEX_FILE)).unwrap();
+        let m = Manifest {
+            entries: vec![file("a", 1), file("b", 2)],
+        };
+        let id = commit(&mut idx, "k", &m);
+        for (sql, undo) in [
+            ("UPDATE entries SET mode = 420 + 1", "UPDATE entries SET mode = 420"),
+            (
+                "UPDATE entries SET mtime_ns = 6 WHERE path = X'62'",
+                "UPDATE entries SET mtime_ns = 5",
+            ),
+            (
+                "UPDATE entries SET path = X'63' WHERE path = X'62'",
+                "UPDATE entries SET path = X'62' WHERE path = X'63'",
+            ),
+            (
+                "UPDATE snapshots SET root_mode = 511",
+                "UPDATE snapshots SET root_mode = 493",
+            ),
+            (
+                "UPDATE snapshots SET root_mtime_ns = 8",
+                "UPDATE snapshots SET root_mtime_ns = 7",
+            ),
+            (
+                "UPDATE snapshots SET key = 'k\n' || char(27) || '[2J'",
+                "UPDATE snapshots SET key = 'k'",
+            ),
+        ] {
+            idx.manifest(id).unwrap();
+            idx.conn.execute_batch(sql).unwrap();
+            let e = idx.manifest(id).unwrap_err().to_string();
+            assert!(e.contains("snapshot k") && e.contains("damaged"), "{sql}: {e}");
+            assert!(!e.chars().any(|c| c.is_control()), "{sql}: {e:?}");
+            assert!(idx.all_manifests().unwrap()[0].manifest.is_err(), "{sql}");
+            assert!(idx.object_refs().is_err(), "{sql}");
+            idx.conn.execute_batch(undo).unwrap();
+        }
+        idx.manifest(id).unwrap();
+    }
+
     #[test]
     fn same_snapshot_compares_the_stored_digest() {
         let d = tempfile::tempdir().unwrap();
@@ -674,6 +1212,7 @@ mod tests {
                 row: &row,
                 manifest: &m,
                 statcache: &sc,
+                objects: &[],
             })
             .unwrap();
         assert_eq!(idx.same_snapshot(&row, &m).unwrap(), Some(id));

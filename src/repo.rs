@@ -38,6 +38,8 @@ pub struct Store {
     root: PathBuf,
     pub objects: LocalObjects,
     index: Mutex<Index>,
+    /// The store already had objects but no index when it was opened (see `verify`).
+    index_missing: bool,
 }
 
 /// The store directory: `explicit` (`--store`), else `$ENVSNAP_STORE`, else
@@ -86,13 +88,22 @@ impl Store {
         let root = root.canonicalize().at("resolve", root)?;
         // SQLite would only say "unable to open database file": name the real problem.
         writable(&root)?;
+        // An existing store without an index lost every snapshot: `verify` must say so rather
+        // than "all intact" over an index created empty just now.
+        let index_missing = root.join(OBJECTS_DIR).is_dir() && !root.join(INDEX_FILE).exists();
         let objects = LocalObjects::new(root.join(OBJECTS_DIR), root.join("tmp"))?;
         let index = Index::open(&root.join(INDEX_FILE))?;
         Ok(Store {
             root,
             objects,
             index: Mutex::new(index),
+            index_missing,
         })
+    }
+
+    /// The store had objects but no index when opened: its snapshots are gone.
+    pub fn index_was_missing(&self) -> bool {
+        self.index_missing
     }
 
     pub fn root(&self) -> &Path {
@@ -120,11 +131,13 @@ impl Store {
             crate::key::validate(f)?;
         }
         let idx = self.index();
-        if let Some(s) = idx.get(key)? {
+        // The row found must carry the key asked for: a damaged SQL index (a flipped rowid in
+        // the key index) could otherwise hand back another snapshot.
+        if let Some(s) = idx.get(key)?.filter(|s| s.key == key) {
             return Ok(Some((s, Hit::Exact)));
         }
         for f in fallbacks {
-            if let Some(s) = idx.newest_with_prefix(f)? {
+            if let Some(s) = idx.newest_with_prefix(f)?.filter(|s| s.key.starts_with(f.as_str())) {
                 return Ok(Some((s, Hit::Fallback)));
             }
         }

@@ -220,10 +220,14 @@ pub fn save_with_manifest(store: &Store, req: SaveRequest) -> Result<(SaveReport
     progress::with(req.progress, |p| p.finish());
 
     let (mut new_objects, mut new_bytes) = (0u64, 0u64);
+    let mut written = Vec::new();
     for (i, ing) in results {
         if ing.new {
             new_objects += 1;
             new_bytes += ing.size;
+        }
+        if let Some(stat) = ing.stat {
+            written.push((ing.id, stat));
         }
         let e = &mut scanned[i].entry;
         e.object = Some(ing.id);
@@ -292,6 +296,7 @@ pub fn save_with_manifest(store: &Store, req: SaveRequest) -> Result<(SaveReport
             row: &row,
             manifest: &manifest,
             statcache: &stat_cache(&manifest, &stat_ids, started_ns, scanner_id),
+            objects: &written,
         })?,
     };
     let report = SaveReport {

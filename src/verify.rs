@@ -1,5 +1,6 @@
-//! Verify: re-hash every object, find the ones the index references but the store lacks, and
-//! name the snapshots they break.
+//! Verify: re-hash every object, check every snapshot's row and entries against their
+//! digests, find the objects the index references but the store lacks (and those no snapshot
+//! references), and name the snapshots they break.
 
 use crate::error::Result;
 use crate::store::ObjectId;
@@ -19,11 +20,24 @@ pub struct VerifyReport {
     pub broken_snapshots: Vec<String>,
     /// Corrupt objects removed (`--repair`), so the next save of that content stores it anew.
     pub removed: u64,
+    /// Snapshots whose row or entries in the index fail their digests (`key: why`). They are
+    /// never restored; `--repair` removes them (listed in `broken_snapshots` too).
+    pub damaged_snapshots: Vec<String>,
+    /// Objects present that no snapshot references (gc removes them). After a lost index,
+    /// that is every object.
+    pub unreferenced_objects: u64,
+    /// The store had objects but no index: every snapshot is gone (this run created an empty
+    /// index).
+    pub index_missing: bool,
 }
 
 impl VerifyReport {
     pub fn ok(&self) -> bool {
-        self.corrupt.is_empty() && self.missing.is_empty() && self.unreadable.is_empty()
+        self.corrupt.is_empty()
+            && self.missing.is_empty()
+            && self.unreadable.is_empty()
+            && self.damaged_snapshots.is_empty()
+            && !self.index_missing
     }
 }
 
@@ -49,29 +63,51 @@ pub fn verify(store: &Store, repair: bool) -> Result<VerifyReport> {
         }
     }
     let present_ids: HashSet<ObjectId> = present.iter().map(|(id, _)| *id).collect();
-    let refs = store.index().object_refs()?;
+    let manifests = store.index().all_manifests()?;
     let bad_set: HashSet<ObjectId> = bad.iter().copied().collect();
     let mut missing = HashSet::new();
     let mut broken_ids = HashSet::new();
-    for (snap, obj, _) in &refs {
-        if !present_ids.contains(obj) {
-            missing.insert(*obj);
-            broken_ids.insert(*snap);
-        } else if bad_set.contains(obj) {
-            broken_ids.insert(*snap);
+    let mut damaged = Vec::new();
+    let mut damaged_ids = Vec::new();
+    let mut referenced = HashSet::new();
+    for s in &manifests {
+        let m = match &s.manifest {
+            Ok(m) => m,
+            Err(why) => {
+                damaged.push(why.clone());
+                damaged_ids.push(s.id);
+                broken_ids.insert(s.id);
+                continue;
+            }
+        };
+        for obj in m.files().filter_map(|e| e.object) {
+            referenced.insert(obj);
+            if !present_ids.contains(&obj) {
+                missing.insert(obj);
+                broken_ids.insert(s.id);
+            } else if bad_set.contains(&obj) {
+                broken_ids.insert(s.id);
+            }
         }
     }
-    let keys: HashMap<i64, String> = store.index().list(None)?.into_iter().map(|s| (s.id, s.key)).collect();
-    let mut broken: Vec<String> = broken_ids.iter().filter_map(|id| keys.get(id).cloned()).collect();
+    let keys: HashMap<i64, &str> = manifests.iter().map(|s| (s.id, s.key.as_str())).collect();
+    let mut broken: Vec<String> = broken_ids
+        .iter()
+        .filter_map(|id| keys.get(id).map(|k| crate::key::escaped(k).into_owned()))
+        .collect();
     broken.sort();
+    let unreferenced_objects = present_ids.difference(&referenced).count() as u64;
     let mut removed = 0;
     if repair {
+        // A damaged snapshot can never be restored: drop it (its objects go with the next gc).
+        store.index().delete_snapshots(&damaged_ids)?;
         // A save trusts the stat cache without checking the object exists: keep only rows whose
         // object is present and sound. Not just the objects snapshots reference: a row can name
         // an object no snapshot uses any more (its key was re-saved), lost outside envsnap.
         store
             .index()
             .retain_statcache(|o| present_ids.contains(o) && !bad_set.contains(o))?;
+        store.index().forget_objects(&bad)?;
         for id in &bad {
             store.objects.delete(id)?;
             removed += 1;
@@ -92,5 +128,8 @@ pub fn verify(store: &Store, repair: bool) -> Result<VerifyReport> {
         unreadable,
         broken_snapshots: broken,
         removed,
+        damaged_snapshots: damaged,
+        unreferenced_objects,
+        index_missing: store.index_was_missing(),
     })
 }

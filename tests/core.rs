@@ -304,7 +304,11 @@ fn hostile_entries_planted_in_the_index_are_refused_and_nothing_escapes() {
     fs::write(src.join("dir/f"), b"payload").unwrap();
     symlink(d.path(), src.join("link")).unwrap();
     save_dir(&store, src.to_str().unwrap(), "k");
-    let db = rusqlite::Connection::open(store.join("index.sqlite")).unwrap();
+    // Crafted through the library, so the rows carry valid digests (digests are not secrets:
+    // anyone who can write the index can compute them): the path rules must still hold.
+    let mut idx = envsnap::index::Index::open(&store.join("index.sqlite")).unwrap();
+    let good = idx.get("k").unwrap().unwrap();
+    let manifest = idx.manifest(good.id).unwrap();
     let hostile: [&[u8]; 4] = [
         b"../escaped",
         b"/tmp/absolute-escape",
@@ -313,25 +317,19 @@ fn hostile_entries_planted_in_the_index_are_refused_and_nothing_escapes() {
     ];
     for (i, path) in hostile.iter().enumerate() {
         let key = format!("evil{i}");
-        db.execute(
-            "INSERT INTO snapshots (key, kind, created_ns, source, tool_version, meta, files, dirs, symlinks, bytes, \
-             root_mode, root_uid, root_gid, root_mtime_ns) SELECT ?1, kind, created_ns, source, tool_version, meta, \
-             files, dirs, symlinks, bytes, root_mode, root_uid, root_gid, root_mtime_ns FROM snapshots WHERE key = 'k'",
-            [&key],
-        )
-        .unwrap();
-        let id = db.last_insert_rowid();
-        db.execute(
-            "INSERT INTO entries SELECT ?1, path, kind, mode, uid, gid, size, mtime_ns, object, target, link_group, xattrs, note \
-             FROM entries WHERE snapshot = (SELECT id FROM snapshots WHERE key = 'k')",
-            [id],
-        )
-        .unwrap();
-        db.execute(
-            "INSERT INTO entries (snapshot, path, kind, mode, uid, gid, size, mtime_ns, object) \
-             SELECT ?1, ?2, 0, 420, 0, 0, size, mtime_ns, object FROM entries WHERE snapshot = ?1 AND path = CAST('dir/f' AS BLOB)",
-            rusqlite::params![id, path],
-        )
+        let mut m = manifest.clone();
+        let mut evil = m.get(b"dir/f").unwrap().clone();
+        evil.path = path.to_vec();
+        m.entries.push(evil);
+        m.entries.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut row = good.clone();
+        row.key = key.clone();
+        idx.commit_snapshot(envsnap::index::NewSnapshot {
+            row: &row,
+            manifest: &m,
+            statcache: &Default::default(),
+            objects: &[],
+        })
         .unwrap();
         let dest = d.path().join(format!("out{i}"));
         let o = envsnap(&store, &["restore", dest.to_str().unwrap(), "--key", &key]);

@@ -80,6 +80,21 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<Outcome> {
     for o in &r.missing {
         ctx.ui.warn(format!("missing object {o}"));
     }
+    if r.index_missing {
+        ctx.ui.warn(format!(
+            "the store's index was missing: every snapshot is gone ({} objects no snapshot references; \
+             `envsnap gc` removes them)",
+            r.unreferenced_objects
+        ));
+    } else if r.unreferenced_objects > 0 {
+        ctx.ui.detail(format!(
+            "{} objects no snapshot references (`envsnap gc` removes them)",
+            r.unreferenced_objects
+        ));
+    }
+    for d in &r.damaged_snapshots {
+        ctx.ui.warn(format!("{d}{}", if a.repair { " (removed)" } else { "" }));
+    }
     for k in &r.broken_snapshots {
         ctx.ui.warn(format!(
             "snapshot {k} is broken by a corrupt or missing object: save it again"
@@ -94,13 +109,18 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<Outcome> {
         ));
         Ok(Outcome::Done)
     } else {
-        eprintln!(
-            "envsnap: error: verify found {} corrupt and {} missing objects breaking {} snapshots: \
-             run `envsnap verify --repair`, then save them again",
-            r.corrupt.len(),
-            r.missing.len(),
-            r.broken_snapshots.len()
-        );
+        if r.index_missing {
+            eprintln!("envsnap: error: the store's index was missing: save your snapshots again");
+        } else {
+            eprintln!(
+                "envsnap: error: verify found {} corrupt and {} missing objects and {} damaged snapshots \
+                 breaking {} snapshots: run `envsnap verify --repair`, then save them again",
+                r.corrupt.len(),
+                r.missing.len(),
+                r.damaged_snapshots.len(),
+                r.broken_snapshots.len()
+            );
+        }
         Ok(Outcome::Failed)
     }
 }

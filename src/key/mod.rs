@@ -33,6 +33,24 @@ pub fn validate(key: &str) -> Result<()> {
     Ok(())
 }
 
+/// A key for a terminal or a one-line message: control characters (newlines, terminal
+/// escapes) escaped as `\n`, `\u{1b}`. Keys read back from an index (or a remote) are input: a
+/// crafted row can hold anything `validate` would refuse.
+pub fn escaped(key: &str) -> std::borrow::Cow<'_, str> {
+    if !key.chars().any(|c| c.is_control()) {
+        return std::borrow::Cow::Borrowed(key);
+    }
+    let mut out = String::with_capacity(key.len() + 8);
+    for c in key.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,6 +60,14 @@ mod tests {
         validate("venv-Linux-3.11-abc123").unwrap();
         validate(&"k".repeat(512)).unwrap();
         validate("ключ-ünïcode").unwrap();
+    }
+
+    #[test]
+    fn escaped_keys_hold_no_control_characters() {
+        assert_eq!(escaped("plain-ключ"), "plain-ключ");
+        let e = escaped("a\nhit=true\u{1b}[2J");
+        assert!(!e.chars().any(|c| c.is_control()), "{e}");
+        assert_eq!(e, "a\\nhit=true\\u{1b}[2J");
     }
 
     #[test]

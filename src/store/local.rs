@@ -1,6 +1,6 @@
 //! The local object directory: `objects-v1/ab/cdef…[.x]`, written via temp file + rename.
 
-use super::{ObjectId, ObjectStore};
+use super::{ObjectId, ObjectStat, ObjectStore};
 use crate::error::{Error, IoContext, Result};
 use std::fs::{self, File, Permissions};
 use std::io::{self, Read, Write};
@@ -39,6 +39,8 @@ pub struct Ingested {
     pub size: u64,
     /// True when this call added the object to the store.
     pub new: bool,
+    /// The new object as written (the index records it for hardlink restores).
+    pub stat: Option<ObjectStat>,
     /// The adapter's note for this content, when a scanner was given.
     pub note: Option<String>,
 }
@@ -95,11 +97,16 @@ impl LocalObjects {
             file.read_to_end(&mut buf).at("read", src)?;
             let id = ObjectId::new(blake3::hash(&buf), exec);
             let note = scan.and_then(|f| f(&buf));
-            let new = !self.exists(&id) && self.write_new(&id, &buf, mtime)?;
+            let stat = if self.exists(&id) {
+                None
+            } else {
+                self.write_new(&id, &buf, mtime)?
+            };
             return Ok(Ingested {
                 id,
                 size: buf.len() as u64,
-                new,
+                new: stat.is_some(),
+                stat,
                 note,
             });
         }
@@ -122,15 +129,16 @@ impl LocalObjects {
             Ok(size)
         })?;
         let id = ObjectId::new(hasher.finalize(), exec);
-        let new = if self.exists(&id) {
-            false
+        let stat = if self.exists(&id) {
+            None
         } else {
-            self.persist(tmp, &id, mtime)?
+            Some(self.persist(tmp, &id, mtime)?)
         };
         Ok(Ingested {
             id,
             size,
-            new,
+            new: stat.is_some(),
+            stat,
             note: None,
         })
     }
@@ -146,8 +154,8 @@ impl LocalObjects {
     /// written, given its mode and mtime, then linked under its name: never visible partially,
     /// and cheaper than creating a named temporary file and renaming it (two directory updates,
     /// the dominant cost of a cold save of many small files). Falls back to temp file + rename
-    /// where `O_TMPFILE` is unsupported. Returns whether this call added the object.
-    fn write_new(&self, id: &ObjectId, data: &[u8], mtime: filetime::FileTime) -> Result<bool> {
+    /// where `O_TMPFILE` is unsupported. Returns the object as written if this call added it.
+    fn write_new(&self, id: &ObjectId, data: &[u8], mtime: filetime::FileTime) -> Result<Option<ObjectStat>> {
         use std::os::unix::fs::OpenOptionsExt;
         let dest = self.path(id);
         let shard = dest.parent().expect("object path has a shard directory");
@@ -166,11 +174,12 @@ impl LocalObjects {
             Err(_) => {
                 let mut tmp = self.temp_file()?;
                 tmp.write_all(data).at("write", tmp.path())?;
-                return self.persist(tmp, id, mtime);
+                return self.persist(tmp, id, mtime).map(Some);
             }
         };
         f.write_all(data).at("write", &dest)?;
         filetime::set_file_handle_times(&f, None, Some(mtime)).at("set mtime of", &dest)?;
+        let stat = ObjectStat::of(&f.metadata().at("stat", &dest)?);
         use std::os::fd::AsRawFd;
         let proc_path = std::ffi::CString::new(format!("/proc/self/fd/{}", f.as_raw_fd())).expect("no NUL");
         let dest_c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dest.as_os_str()))
@@ -186,17 +195,17 @@ impl LocalObjects {
             )
         };
         if rc == 0 {
-            return Ok(true);
+            return Ok(Some(stat));
         }
         let err = io::Error::last_os_error();
         match err.kind() {
             // A concurrent save linked the same content first.
-            io::ErrorKind::AlreadyExists => Ok(false),
+            io::ErrorKind::AlreadyExists => Ok(None),
             // No /proc: the portable way.
             io::ErrorKind::NotFound => {
                 let mut tmp = self.temp_file()?;
                 tmp.write_all(data).at("write", tmp.path())?;
-                self.persist(tmp, id, mtime)
+                self.persist(tmp, id, mtime).map(Some)
             }
             _ => Err(Error::io("link into", &dest, err)),
         }
@@ -204,20 +213,22 @@ impl LocalObjects {
 
     /// Make a finished temporary file the object `id`: read-only, then renamed into place so a
     /// partially written object is never visible under its name.
-    fn persist(&self, tmp: tempfile::NamedTempFile, id: &ObjectId, mtime: filetime::FileTime) -> Result<bool> {
+    fn persist(&self, tmp: tempfile::NamedTempFile, id: &ObjectId, mtime: filetime::FileTime) -> Result<ObjectStat> {
         let dest = self.path(id);
         let mode = if id.exec { 0o555 } else { 0o444 };
         tmp.as_file()
             .set_permissions(Permissions::from_mode(mode))
             .at("chmod", tmp.path())?;
         filetime::set_file_handle_times(tmp.as_file(), None, Some(mtime)).at("set mtime of", tmp.path())?;
+        // rename keeps the inode: this is the object as written.
+        let stat = ObjectStat::of(&tmp.as_file().metadata().at("stat", tmp.path())?);
         let shard = dest.parent().expect("object path has a shard directory");
         fs::create_dir_all(shard).at("create directory", shard)?;
         // A concurrent save may have renamed the same content into place first: renaming over
         // it is harmless (same bytes), and hardlinked restores keep the inode they have.
         tmp.persist(&dest)
             .map_err(|e| Error::io("rename into", &dest, e.error))?;
-        Ok(true)
+        Ok(stat)
     }
 
     /// Copy an object's content to `dest` while hashing it; a mismatch is [`Error::Corrupt`] and

@@ -62,6 +62,27 @@ impl FromStr for ObjectId {
     }
 }
 
+/// An object file's (size, mtime, inode) as envsnap wrote or last verified it. A hardlink
+/// restore compares it with one `fstat` of the object: any write since changes the mtime (or,
+/// replaced by another file, the inode), and then the object is hashed again before use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectStat {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ino: u64,
+}
+
+impl ObjectStat {
+    pub fn of(m: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        ObjectStat {
+            size: m.len(),
+            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            ino: m.ino(),
+        }
+    }
+}
+
 /// What every object store does, local directory or remote bucket. A missing object is the
 /// typed [`Error::MissingObject`], so a local cache layered over a remote can fall through.
 pub trait ObjectStore: Send + Sync {
