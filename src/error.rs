@@ -87,6 +87,15 @@ impl Error {
     pub fn is_miss(&self) -> bool {
         matches!(self, Error::Miss(_))
     }
+
+    /// The index could not be written just now: another process holds its write lock past
+    /// the wait, or it is read-only. Bookkeeping (a restore's LRU stamp, stat cache and event)
+    /// gives up quietly on these.
+    pub fn is_index_unavailable(&self) -> bool {
+        use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked, ReadOnly};
+        matches!(self, Error::Index { source: rusqlite::Error::SqliteFailure(f, _), .. }
+            if matches!(f.code, DatabaseBusy | DatabaseLocked | ReadOnly))
+    }
 }
 
 /// `result.at("read", path)?` turns an `io::Result` into an [`Error::Io`] naming the path.

@@ -5,6 +5,7 @@
 //! after the other. The schema evolves by numbered migrations tracked in `PRAGMA user_version`.
 
 use crate::error::{Error, Result};
+use crate::events::{Event, HitKind, Op};
 use crate::snapshot::{Entry, EntryKind, Manifest};
 use crate::statcache::StatCache;
 use crate::store::ObjectId;
@@ -17,6 +18,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub const INDEX_FILE: &str = "index.sqlite";
+
+/// How long a statement waits for another process's write lock before failing.
+pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Migration N (1-based) brings `user_version` from N-1 to N. Never edit a released one.
 const MIGRATIONS: &[&str] = &[
@@ -127,6 +131,24 @@ const MIGRATIONS: &[&str] = &[
         mtime_ns INTEGER NOT NULL,
         ino INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // 4: one row per restore and save (`src/events.rs`), for `envsnap stats`. A rolling window:
+    // `insert_event` keeps at most `events::MAX_EVENTS` rows of the last `events::MAX_AGE`.
+    "CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        time_ns INTEGER NOT NULL,
+        op TEXT NOT NULL,
+        key TEXT NOT NULL,
+        template TEXT,
+        matched_key TEXT,
+        hit TEXT,
+        kind TEXT,
+        files INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        seconds REAL NOT NULL,
+        link TEXT,
+        detail TEXT
+    );
+    CREATE INDEX events_by_time ON events(time_ns);",
 ];
 
 #[derive(Clone, Debug)]
@@ -312,7 +334,7 @@ impl Index {
     pub fn open(path: &Path) -> Result<Self> {
         let err = |e| Error::index(path, e);
         let conn = Connection::open(path).map_err(err)?;
-        let patience = std::time::Duration::from_secs(60);
+        let patience = BUSY_TIMEOUT;
         conn.busy_timeout(patience).map_err(err)?;
         // Switching a new database to WAL takes an exclusive lock and SQLite does not call the
         // busy handler for it: concurrent first saves into a fresh store got "database is
@@ -326,6 +348,9 @@ impl Index {
                 {
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }
+                // A read-only index (a store on read-only media, an immutable file) can still
+                // be read: restores from it work, their bookkeeping is skipped.
+                Err(e) if is_read_only(&e) => break,
                 Err(e) => return Err(err(e)),
             }
         }
@@ -360,17 +385,34 @@ impl Index {
     fn migrate(&mut self) -> Result<()> {
         let path = self.path.clone();
         let err = |e| Error::index(&path, e);
-        // Two processes opening a new store at once must not both migrate.
+        // Up to date (the common case): no write lock needed, so opening a store never waits
+        // for another process's write. A file SQLite may not write (opened read-only) is
+        // usable as it is when it needs no migration.
+        let have: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(err)?;
+        if have == MIGRATIONS.len() as i64 {
+            return Ok(());
+        }
+        if have > MIGRATIONS.len() as i64 {
+            return Err(too_new(&path, have));
+        }
+        if self.conn.is_readonly(rusqlite::MAIN_DB).map_err(err)? {
+            return Err(Error::Usage(format!(
+                "store index {} is read-only and needs an upgrade (schema {have} -> {}): make it writable",
+                path.display(),
+                MIGRATIONS.len()
+            )));
+        }
+        // Two processes opening a new store at once must not both migrate: check again under
+        // the write lock.
         let tx = self.begin_write()?;
         let have: usize = tx
             .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
             .map_err(err)? as usize;
         if have > MIGRATIONS.len() {
-            return Err(Error::Usage(format!(
-                "store index {} has schema version {have}, this envsnap knows up to {}: upgrade envsnap",
-                path.display(),
-                MIGRATIONS.len()
-            )));
+            return Err(too_new(&path, have as i64));
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(have) {
             tx.execute_batch(sql).map_err(err)?;
@@ -378,6 +420,12 @@ impl Index {
             tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(err)?;
         }
         tx.commit().map_err(err)
+    }
+
+    /// How long a write waits for another writer's lock. Bookkeeping after a restore (LRU
+    /// stamp, stat cache, event) lowers it: it must never hold up a restore that is done.
+    pub fn set_busy_timeout(&self, wait: std::time::Duration) -> Result<()> {
+        self.conn.busy_timeout(wait).map_err(|e| self.err(e))
     }
 
     pub fn schema_version(&self) -> Result<i64> {
@@ -755,6 +803,94 @@ impl Index {
         }
         tx.commit().map_err(err)
     }
+}
+
+/// Append one event and keep the table a rolling window: rows older than `max_age_ns` before
+/// this event and all but the newest `max_events` go. Both deletes are index range scans
+/// that find nothing most of the time, so pruning costs microseconds per event.
+pub(crate) fn insert_event(idx: &mut Index, ev: &Event, max_age_ns: i64, max_events: i64) -> Result<()> {
+    let path = idx.path.clone();
+    let err = |e| Error::index(&path, e);
+    let tx = idx.begin_write()?;
+    tx.execute(
+        "INSERT INTO events (time_ns, op, key, template, matched_key, hit, kind, files, bytes, seconds, link, detail) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        params![
+            ev.time_ns,
+            ev.op.as_str(),
+            ev.key,
+            ev.template,
+            ev.matched_key,
+            ev.hit.map(|h| h.as_str()),
+            ev.kind,
+            ev.files as i64,
+            ev.bytes as i64,
+            ev.seconds,
+            ev.link,
+            ev.detail.as_ref().map(|d| d.to_string()),
+        ],
+    )
+    .map_err(err)?;
+    let id = tx.last_insert_rowid();
+    tx.execute("DELETE FROM events WHERE time_ns < ?1", [ev.time_ns - max_age_ns])
+        .map_err(err)?;
+    tx.execute("DELETE FROM events WHERE id <= ?1", [id - max_events])
+        .map_err(err)?;
+    tx.commit().map_err(err)
+}
+
+/// Every event at or after `since_ns`, oldest first.
+pub(crate) fn events_since(idx: &Index, since_ns: i64) -> Result<Vec<Event>> {
+    let err = |e| Error::index(&idx.path, e);
+    let mut st = idx
+        .conn
+        .prepare(
+            "SELECT time_ns, op, key, template, matched_key, hit, kind, files, bytes, seconds, link, detail \
+             FROM events WHERE time_ns >= ?1 ORDER BY time_ns, id",
+        )
+        .map_err(err)?;
+    let rows = st
+        .query_map([since_ns], |r| {
+            let op: String = r.get(1)?;
+            let hit: Option<String> = r.get(5)?;
+            let detail: Option<String> = r.get(11)?;
+            // A row this version cannot read (a newer envsnap's op) is left out.
+            let Some(op) = Op::parse(&op) else {
+                return Ok(None);
+            };
+            Ok(Some(Event {
+                time_ns: r.get(0)?,
+                op,
+                key: r.get(2)?,
+                template: r.get(3)?,
+                matched_key: r.get(4)?,
+                hit: hit.as_deref().and_then(HitKind::parse),
+                kind: r.get(6)?,
+                files: r.get::<_, i64>(7)? as u64,
+                bytes: r.get::<_, i64>(8)? as u64,
+                seconds: r.get(9)?,
+                link: r.get(10)?,
+                detail: detail.and_then(|d| serde_json::from_str(&d).ok()),
+            }))
+        })
+        .map_err(err)?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.extend(r.map_err(err)?);
+    }
+    Ok(out)
+}
+
+fn too_new(path: &Path, have: i64) -> Error {
+    Error::Usage(format!(
+        "store index {} has schema version {have}, this envsnap knows up to {}: upgrade envsnap",
+        path.display(),
+        MIGRATIONS.len()
+    ))
+}
+
+fn is_read_only(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ReadOnly)
 }
 
 fn put_statcache(conn: &Connection, source: &Path, cache: &StatCache) -> rusqlite::Result<()> {
@@ -1221,6 +1357,43 @@ mod tests {
         assert_eq!(idx.same_snapshot(&row, &changed).unwrap(), None);
         row.root_mode = 0o700;
         assert_eq!(idx.same_snapshot(&row, &m).unwrap(), None);
+    }
+
+    /// The events table keeps the newest `max_events` rows and none older than the window,
+    /// pruned as events are appended.
+    #[test]
+    fn events_are_a_rolling_window_by_count_and_age() {
+        let d = tempfile::tempdir().unwrap();
+        let mut idx = Index::open(&d.path().join(INDEX_FILE)).unwrap();
+        let ev = |t: i64, key: &str| Event {
+            time_ns: t,
+            op: Op::Restore,
+            key: key.into(),
+            template: None,
+            matched_key: None,
+            hit: Some(HitKind::Miss),
+            kind: None,
+            files: 0,
+            bytes: 0,
+            seconds: 0.5,
+            link: None,
+            detail: Some(serde_json::json!({"n": 1})),
+        };
+        for (t, k) in [(10, "a"), (20, "b"), (30, "c"), (40, "d")] {
+            insert_event(&mut idx, &ev(t, k), 1000, 3).unwrap();
+        }
+        let keys = |idx: &Index| {
+            events_since(idx, i64::MIN)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.key)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keys(&idx), ["b", "c", "d"]);
+        assert_eq!(events_since(&idx, 30).unwrap(), vec![ev(30, "c"), ev(40, "d")]);
+        // An event at 2035 with a 1000 ns window drops everything before 1035.
+        insert_event(&mut idx, &ev(2035, "e"), 1000, 3).unwrap();
+        assert_eq!(keys(&idx), ["e"]);
     }
 
     #[test]

@@ -10,11 +10,14 @@
 //! - [`repo`]: [`Store`], one store directory (objects + index + lock) and snapshot lookup;
 //! - [`save`]: walk, hash and ingest a tree (or a list of paths) as one snapshot;
 //! - [`restore`]: plan-then-apply restore engine with reflink/hardlink/copy link modes;
-//! - [`gc`] and [`verify`]: store maintenance;
+//! - [`gc`] and [`verify`]: store maintenance; [`delete`]: dropping keys on purpose;
+//! - [`events`] and [`stats`]: one event per restore and save, and the statistics over them;
 //! - [`venv`]: virtualenv snapshots (save with per-file path notes, restore with fixups).
 
 pub mod apt;
+pub mod delete;
 pub mod error;
+pub mod events;
 pub mod gc;
 pub mod index;
 pub mod key;
@@ -26,6 +29,7 @@ pub mod restore;
 pub mod save;
 pub mod snapshot;
 pub mod statcache;
+pub mod stats;
 pub mod store;
 pub mod venv;
 pub mod verify;

@@ -5,6 +5,7 @@ use super::output::{bytes, github_output};
 use super::{Ctx, Outcome};
 use clap::{Args, Subcommand};
 use envsnap::apt::{self, AptRestoreReport, InstallOutcome, InstallRequest};
+use envsnap::events::{Event, HitKind, Op};
 use envsnap::Result;
 use std::path::PathBuf;
 
@@ -72,7 +73,9 @@ pub fn run(ctx: &Ctx, a: AptArgs) -> Result<Outcome> {
             update,
             packages,
         } => {
-            let (key, fallbacks) = super::key::keys_for(ctx, &key, &fallbacks, None, None, Some(&root))?;
+            let started_ns = envsnap::repo::now_ns();
+            let tpl = key;
+            let (key, fallbacks) = super::key::keys_for(ctx, &tpl, &fallbacks, None, None, Some(&root))?;
             let req = InstallRequest {
                 key,
                 fallbacks,
@@ -111,8 +114,44 @@ pub fn run(ctx: &Ctx, a: AptArgs) -> Result<Outcome> {
                 }
             }
             ctx.ui.emit_json(&serde_json::to_value(&r).unwrap_or_default());
+            for ev in install_events(started_ns, &tpl, &r) {
+                super::manage::record_event(ctx, &store, &ev);
+            }
             Ok(Outcome::Done)
         }
+    }
+}
+
+/// `apt install` is a restore and, unless it hit exactly, a save: one event each. The save's
+/// start is taken as its end minus its duration, so the gap after the restore is apt-get's
+/// install (what `stats` reports as the install cost).
+fn install_events(started_ns: i64, tpl: &str, r: &apt::InstallReport) -> Vec<Event> {
+    let restore = |hit, matched: Option<&str>, rr: Option<&AptRestoreReport>| Event {
+        time_ns: started_ns,
+        op: Op::Restore,
+        key: r.key.clone(),
+        template: envsnap::key::is_template(tpl).then(|| tpl.to_string()),
+        matched_key: matched.map(String::from),
+        hit: Some(hit),
+        kind: Some("apt".into()),
+        files: rr.map_or(0, |x| x.files),
+        bytes: rr.map_or(0, |x| x.bytes),
+        seconds: rr.map_or(0.0, |x| x.seconds),
+        link: rr.map(|x| x.link.clone()),
+        detail: rr.map(restore_detail),
+    };
+    let save = |s: &apt::AptSaveReport| {
+        let end = envsnap::repo::now_ns();
+        save_event(end - (s.seconds * 1e9) as i64, tpl, s)
+    };
+    match &r.outcome {
+        InstallOutcome::Restored { restore: rr } => vec![restore(HitKind::Exact, Some(&r.key), Some(rr))],
+        InstallOutcome::FallbackInstalled {
+            fallback_key,
+            restore: rr,
+            save: s,
+        } => vec![restore(HitKind::Fallback, Some(fallback_key), Some(rr)), save(s)],
+        InstallOutcome::Installed { save: s, .. } => vec![restore(HitKind::Miss, None, None), save(s)],
     }
 }
 
@@ -131,5 +170,28 @@ pub fn print_restore(ctx: &Ctx, key: &str, r: &AptRestoreReport) {
     ));
     for p in &r.packages {
         ctx.ui.detail(format!("  {p}"));
+    }
+}
+
+/// An apt restore's event detail: what was merged into dpkg's state.
+pub fn restore_detail(r: &AptRestoreReport) -> serde_json::Value {
+    serde_json::json!({ "packages": r.packages.len(), "merged": r.merged.len(), "removed": r.removed })
+}
+
+/// The event of an apt save (`save apt`, or the save `apt install` makes after installing).
+pub fn save_event(started_ns: i64, tpl: &str, r: &apt::AptSaveReport) -> Event {
+    Event {
+        time_ns: started_ns,
+        op: Op::Save,
+        key: r.key.clone(),
+        template: envsnap::key::is_template(tpl).then(|| tpl.to_string()),
+        matched_key: None,
+        hit: None,
+        kind: Some("apt".into()),
+        files: r.files,
+        bytes: r.bytes,
+        seconds: r.seconds,
+        link: None,
+        detail: Some(serde_json::json!({ "packages": r.packages.len(), "merged": r.merged_files })),
     }
 }

@@ -29,7 +29,7 @@ pub struct VerifyArgs {
     repair: bool,
 }
 
-fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 7d, 36h, 30min)"))
 }
 

@@ -4,6 +4,7 @@ mod apt;
 mod inspect;
 mod key;
 mod maint;
+mod manage;
 mod output;
 mod restore;
 mod save;
@@ -49,6 +50,10 @@ enum Command {
     Show(inspect::ShowArgs),
     /// Remove old snapshots and unreferenced objects
     Gc(maint::GcArgs),
+    /// Delete keys now (they stop resolving at once); their data goes at the next gc
+    Delete(manage::DeleteArgs),
+    /// Hit ratios, restore times and time saved per key group, from recorded restores and saves
+    Stats(manage::StatsArgs),
     /// Re-hash every object; report corrupt or missing ones and the snapshots they break
     Verify(maint::VerifyArgs),
     /// Print the cache key a template renders to, e.g. 'venv-{os}-{python}-{hash:requirements*.txt}'
@@ -108,6 +113,8 @@ pub fn main() -> ExitCode {
         Command::Show(a) => inspect::show(&ctx, a),
         Command::Gc(a) => maint::gc(&ctx, a),
         Command::Verify(a) => maint::verify(&ctx, a),
+        Command::Delete(a) => manage::delete(&ctx, a),
+        Command::Stats(a) => manage::stats(&ctx, a),
         Command::Key(a) => key::run(&ctx, a),
         Command::Apt(a) => apt::run(&ctx, a),
     };

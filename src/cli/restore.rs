@@ -3,10 +3,12 @@
 use super::output::{bytes, github_output};
 use super::{Ctx, Outcome};
 use clap::Args;
+use envsnap::events::{Event, HitKind, Op};
 use envsnap::index::SnapshotRow;
 use envsnap::restore::{self, LinkMode, RestoreOptions};
 use envsnap::{Hit, Result, Store};
 use serde_json::json;
+use std::cell::RefCell;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -42,6 +44,8 @@ fn parse_link(s: &str) -> std::result::Result<LinkMode, String> {
 
 pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
     let start = Instant::now();
+    let started_ns = envsnap::repo::now_ns();
+    let template = envsnap::key::is_template(&a.key).then(|| a.key.clone());
     // `{apt-base}` describes the system being restored into: PATH when it is a dpkg root.
     let dpkg_root = a.path.clone().filter(|p| p.join("var/lib/dpkg/status").is_file());
     (a.key, a.fallbacks) = super::key::keys_for(
@@ -53,10 +57,32 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
         dpkg_root.as_deref(),
     )?;
     let store = ctx.open_store()?;
+    // A restore writes the index only for bookkeeping (LRU stamp, stat cache, event): none of
+    // it may hold up a restore, so a busy index is waited for briefly, then skipped.
+    store.index().set_busy_timeout(envsnap::events::RECORD_WAIT)?;
     // Held from lookup to commit, so gc cannot remove the snapshot or its objects in between.
     let _lock = store.lock_shared()?;
+    let mut event = Event {
+        time_ns: started_ns,
+        op: Op::Restore,
+        key: a.key.clone(),
+        template,
+        matched_key: None,
+        hit: Some(HitKind::Miss),
+        kind: None,
+        files: 0,
+        bytes: 0,
+        seconds: 0.0,
+        link: None,
+        detail: None,
+    };
     let Some((snap, hit)) = store.lookup(&a.key, &a.fallbacks)? else {
-        return miss(ctx, &a);
+        let out = miss(ctx, &a);
+        if !a.dry_run {
+            event.seconds = start.elapsed().as_secs_f64();
+            super::manage::record_event(ctx, &store, &event);
+        }
+        return out;
     };
     let dest = a.path.clone().unwrap_or_else(|| snap.source.clone());
     let opts = RestoreOptions {
@@ -80,6 +106,7 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
         dest,
         opts,
         start,
+        facts: Default::default(),
     };
     // Adapters restore their own kinds; everything else is a plain tree.
     let result = match snap.kind.as_str() {
@@ -95,7 +122,32 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
         Ok(Outcome::Done) => hit_outputs(hit, &snap)?,
         _ => github_output(&MISS_OUTPUTS)?,
     }
+    if !a.dry_run {
+        let facts = found.facts.take();
+        event.matched_key = Some(snap.key.clone());
+        event.kind = Some(snap.kind.clone());
+        event.hit = Some(match &result {
+            Ok(_) => hit.into(),
+            Err(e) if e.is_miss() => HitKind::Miss,
+            Err(_) => HitKind::Error,
+        });
+        event.files = facts.files;
+        event.bytes = facts.bytes;
+        event.link = facts.link;
+        event.detail = facts.detail;
+        event.seconds = start.elapsed().as_secs_f64();
+        super::manage::record_event(ctx, &store, &event);
+    }
     result
+}
+
+/// What a restore did, for its event: set by each kind once its tree is in place.
+#[derive(Default)]
+struct Facts {
+    files: u64,
+    bytes: u64,
+    link: Option<String>,
+    detail: Option<serde_json::Value>,
 }
 
 /// A snapshot found for a restore, and everything the kind-specific restore needs.
@@ -108,6 +160,7 @@ struct Found<'a> {
     dest: PathBuf,
     opts: RestoreOptions,
     start: Instant,
+    facts: RefCell<Facts>,
 }
 
 impl Found<'_> {
@@ -156,6 +209,7 @@ fn restore_dir(f: &Found) -> Result<Outcome> {
         dest,
         opts,
         start,
+        ..
     } = f;
     let manifest = store.manifest(snap.id)?;
     let plan = restore::plan(snap, manifest, dest, opts)?;
@@ -197,14 +251,23 @@ fn restore_dir(f: &Found) -> Result<Outcome> {
     let staged = plan.apply(store, bar.as_ref().map(|b| b as _))?;
     let link = staged.link_used().to_string();
     let done = staged.commit()?;
-    store.mark_restored(snap.id)?;
+    *f.facts.borrow_mut() = Facts {
+        files,
+        bytes: bytes_n,
+        link: Some(link.clone()),
+        detail: None,
+    };
+    mark_restored(ctx, store, snap.id);
     match done.seed_statcache(store) {
         Ok(n) => ctx.ui.detail(format!(
             "stat cache: {n} restored files will not be read by the next save"
         )),
-        Err(e) => ctx.ui.warn(format!(
-            "could not record the restored files' stat cache ({e}): the next save reads them all"
-        )),
+        Err(e) => bookkeeping_failed(
+            ctx,
+            &e,
+            "could not record the restored files' stat cache",
+            "the next save reads them all",
+        ),
     }
     let secs = start.elapsed().as_secs_f64();
     ctx.ui.info(format!(
@@ -233,6 +296,7 @@ fn restore_venv(f: &Found) -> Result<Outcome> {
         dest,
         opts,
         start,
+        ..
     } = f;
     let bar = ctx.ui.progress();
     let r = envsnap::venv::restore(
@@ -268,7 +332,13 @@ fn restore_venv(f: &Found) -> Result<Outcome> {
             r.private_copies
         ));
     } else {
-        store.mark_restored(snap.id)?;
+        mark_restored(ctx, store, snap.id);
+        *f.facts.borrow_mut() = Facts {
+            files: r.files,
+            bytes: r.bytes,
+            link: Some(r.link.clone()),
+            detail: Some(venv_detail(&r)),
+        };
         if let Some(f) = &r.fixups {
             for w in &f.warnings {
                 ctx.ui.warn(w);
@@ -335,7 +405,13 @@ fn restore_apt(f: &Found) -> Result<Outcome> {
     } = f;
     let r = envsnap::apt::restore(store, snap, a.path.as_deref(), opts, a.dry_run)?;
     if !a.dry_run {
-        store.mark_restored(snap.id)?;
+        mark_restored(ctx, store, snap.id);
+        *f.facts.borrow_mut() = Facts {
+            files: r.files,
+            bytes: r.bytes,
+            link: Some(r.link.clone()),
+            detail: Some(super::apt::restore_detail(&r)),
+        };
     }
     super::apt::print_restore(ctx, &snap.key, &r);
     let mut out = serde_json::to_value(&r).unwrap_or_default();
@@ -344,4 +420,50 @@ fn restore_apt(f: &Found) -> Result<Outcome> {
     }
     ctx.ui.emit_json(&out);
     Ok(Outcome::Done)
+}
+
+/// The LRU stamp gc orders by. The tree is in place already: failing to stamp it is a warning.
+fn mark_restored(ctx: &Ctx, store: &Store, id: i64) {
+    if let Err(e) = store.mark_restored(id) {
+        bookkeeping_failed(
+            ctx,
+            &e,
+            "could not record the restore's time",
+            "gc may see this snapshot as unused",
+        );
+    }
+}
+
+/// Bookkeeping after a restore that is done never fails it. An index that is busy or
+/// read-only is an expected state (another job's long write, a read-only store): said under
+/// `-v` only. Anything else is a warning.
+pub fn bookkeeping_failed(ctx: &Ctx, e: &envsnap::Error, what: &str, consequence: &str) {
+    let msg = format!("{what} ({e}): {consequence}");
+    if e.is_index_unavailable() {
+        ctx.ui.detail(format!("envsnap: warning: {msg}"));
+    } else {
+        ctx.ui.warn(msg);
+    }
+}
+
+/// A venv restore's event detail: the interpreter it landed on and what the fixups did.
+fn venv_detail(r: &envsnap::venv::VenvRestoreOutcome) -> serde_json::Value {
+    let mut by_action: std::collections::BTreeMap<String, usize> = Default::default();
+    let fix = r.fixups.as_ref();
+    for rw in fix.map(|f| f.rewritten.as_slice()).unwrap_or_default() {
+        let k = serde_json::to_value(&rw.action)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        *by_action.entry(k).or_default() += 1;
+    }
+    json!({
+        "interpreter": r.interpreter.version,
+        "interpreter_reason": r.interpreter.reason,
+        "rewritten": fix.map(|f| f.rewritten.len()).unwrap_or(0),
+        "rewritten_by_action": by_action,
+        "warnings": fix.map(|f| f.warnings.len()).unwrap_or(0),
+        "fixup_seconds": fix.map(|f| f.fixup_seconds),
+        "smoke_seconds": fix.map(|f| f.smoke_seconds),
+    })
 }

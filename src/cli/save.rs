@@ -3,6 +3,7 @@
 use super::output::bytes;
 use super::{Ctx, Outcome};
 use clap::{Args, Subcommand};
+use envsnap::events::{Event, Op};
 use envsnap::save::{save, SaveReport, SaveRequest};
 use envsnap::Result;
 use std::path::PathBuf;
@@ -45,20 +46,22 @@ enum SaveWhat {
 }
 
 pub fn run(ctx: &Ctx, args: SaveArgs) -> Result<Outcome> {
+    let started_ns = envsnap::repo::now_ns();
     match args.what {
-        SaveWhat::Dir { path, key } => {
-            let (key, _) = super::key::keys_for(ctx, &key, &[], None, None, None)?;
+        SaveWhat::Dir { path, key: tpl } => {
+            let (key, _) = super::key::keys_for(ctx, &tpl, &[], None, None, None)?;
             let store = ctx.open_store()?;
             let bar = ctx.ui.progress();
             let mut req = SaveRequest::tree(key, "dir", path);
             req.progress = bar.as_ref().map(|b| b as _);
             let report = save(&store, req)?;
             print_report(ctx, &report, serde_json::json!({}));
+            record_save(ctx, &store, started_ns, &tpl, &report);
             Ok(Outcome::Done)
         }
-        SaveWhat::Venv { path, key } => {
+        SaveWhat::Venv { path, key: tpl } => {
             // `{python}` is the venv's own interpreter.
-            let (key, _) = super::key::keys_for(ctx, &key, &[], None, Some(&path), None)?;
+            let (key, _) = super::key::keys_for(ctx, &tpl, &[], None, Some(&path), None)?;
             let store = ctx.open_store()?;
             let bar = ctx.ui.progress();
             let r = envsnap::venv::save_venv(&store, &path, &key, bar.as_ref().map(|b| b as _))?;
@@ -79,10 +82,11 @@ pub fn run(ctx: &Ctx, args: SaveArgs) -> Result<Outcome> {
             ));
             let extra = serde_json::json!({ "venv": r.venv, "files_with_paths": r.files_with_paths });
             print_report(ctx, &r.save, extra);
+            record_save(ctx, &store, started_ns, &tpl, &r.save);
             Ok(Outcome::Done)
         }
-        SaveWhat::Apt { root, key } => {
-            let (key, _) = super::key::keys_for(ctx, &key, &[], None, None, Some(&root))?;
+        SaveWhat::Apt { root, key: tpl } => {
+            let (key, _) = super::key::keys_for(ctx, &tpl, &[], None, None, Some(&root))?;
             let store = ctx.open_store()?;
             let r = envsnap::apt::save(&store, &root, &key)?;
             ctx.ui.info(format!(
@@ -97,9 +101,31 @@ pub fn run(ctx: &Ctx, args: SaveArgs) -> Result<Outcome> {
                 r.seconds
             ));
             ctx.ui.emit_json(&serde_json::to_value(&r).unwrap_or_default());
+            super::manage::record_event(ctx, &store, &super::apt::save_event(started_ns, &tpl, &r));
             Ok(Outcome::Done)
         }
     }
+}
+
+/// A save's event (a failed save records none: it changed nothing).
+fn record_save(ctx: &Ctx, store: &envsnap::Store, started_ns: i64, tpl: &str, r: &SaveReport) {
+    let ev = Event {
+        time_ns: started_ns,
+        op: Op::Save,
+        key: r.key.clone(),
+        template: envsnap::key::is_template(tpl).then(|| tpl.to_string()),
+        matched_key: None,
+        hit: None,
+        kind: Some(r.kind.clone()),
+        files: r.files,
+        bytes: r.bytes,
+        seconds: r.seconds,
+        link: None,
+        detail: Some(serde_json::json!({
+            "hashed_files": r.hashed_files, "new_objects": r.new_objects, "new_bytes": r.new_bytes,
+        })),
+    };
+    super::manage::record_event(ctx, store, &ev);
 }
 
 /// The summary every kind of save prints; `extra` adds adapter fields to the JSON.
