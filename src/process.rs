@@ -6,6 +6,21 @@ use std::process::Command;
 use std::time::Duration;
 use wait_timeout::ChildExt;
 
+/// The message for a helper program that failed: one line naming the program, the first line
+/// of what it said and `what_to_do`; the rest of its output on the following lines, which the
+/// binary shows only with `-v` (a pyenv shim explains itself in seven lines).
+pub fn failure_message(program: &std::path::Path, stderr: &[u8], what_to_do: &str) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let mut lines = text.lines().map(str::trim_end).filter(|l| !l.trim().is_empty());
+    let first = lines.next().unwrap_or("no error output");
+    let mut msg = format!("{} failed ({first}): {what_to_do}", program.display());
+    for l in lines {
+        msg.push('\n');
+        msg.push_str(l);
+    }
+    msg
+}
+
 /// (success, stdout, stderr); kills the child on timeout.
 pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> std::io::Result<(bool, Vec<u8>, Vec<u8>)> {
     let mut child = cmd.spawn()?;

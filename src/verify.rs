@@ -29,6 +29,9 @@ pub struct VerifyReport {
     /// The store had objects but no index: every snapshot is gone (this run created an empty
     /// index).
     pub index_missing: bool,
+    /// Keys of the broken snapshots `--repair` removed: their restores become misses (a CI job
+    /// rebuilds and saves them again) instead of failing on the object they lack.
+    pub removed_snapshots: Vec<String>,
 }
 
 impl VerifyReport {
@@ -38,6 +41,13 @@ impl VerifyReport {
             && self.unreadable.is_empty()
             && self.damaged_snapshots.is_empty()
             && !self.index_missing
+    }
+
+    /// After `--repair`: is the store sound now? Corrupt objects and every broken snapshot
+    /// (damaged, or missing an object) are gone; unreadable objects (never deleted) and a lost
+    /// index are not something a repair fixes.
+    pub fn repaired(&self) -> bool {
+        self.unreadable.is_empty() && !self.index_missing
     }
 }
 
@@ -68,14 +78,12 @@ pub fn verify(store: &Store, repair: bool) -> Result<VerifyReport> {
     let mut missing = HashSet::new();
     let mut broken_ids = HashSet::new();
     let mut damaged = Vec::new();
-    let mut damaged_ids = Vec::new();
     let mut referenced = HashSet::new();
     for s in &manifests {
         let m = match &s.manifest {
             Ok(m) => m,
             Err(why) => {
                 damaged.push(why.clone());
-                damaged_ids.push(s.id);
                 broken_ids.insert(s.id);
                 continue;
             }
@@ -98,9 +106,14 @@ pub fn verify(store: &Store, repair: bool) -> Result<VerifyReport> {
     broken.sort();
     let unreferenced_objects = present_ids.difference(&referenced).count() as u64;
     let mut removed = 0;
+    let mut removed_snapshots = Vec::new();
     if repair {
-        // A damaged snapshot can never be restored: drop it (its objects go with the next gc).
-        store.index().delete_snapshots(&damaged_ids)?;
+        // A broken snapshot can never be restored: drop it (its objects go with the next gc),
+        // so its restore is a miss that rebuilds it rather than an error. Damaged ones are
+        // broken too. First, so no snapshot references a corrupt object once it is deleted.
+        let ids: Vec<i64> = broken_ids.iter().copied().collect();
+        store.index().delete_snapshots(&ids)?;
+        removed_snapshots = broken.clone();
         // A save trusts the stat cache without checking the object exists: keep only rows whose
         // object is present and sound. Not just the objects snapshots reference: a row can name
         // an object no snapshot uses any more (its key was re-saved), lost outside envsnap.
@@ -131,5 +144,6 @@ pub fn verify(store: &Store, repair: bool) -> Result<VerifyReport> {
         damaged_snapshots: damaged,
         unreferenced_objects,
         index_missing: store.index_was_missing(),
+        removed_snapshots,
     })
 }

@@ -1,7 +1,7 @@
 //! `envsnap apt begin [ROOT]` and `envsnap apt install --key KEY … PKG…`.
 //! (`save apt` lives in save.rs, the apt arm of `restore` in restore.rs.)
 
-use super::output::{bytes, github_output};
+use super::output::{bytes, github_output, plural};
 use super::{Ctx, Outcome};
 use clap::{Args, Subcommand};
 use envsnap::apt::{self, AptRestoreReport, InstallOutcome, InstallRequest};
@@ -25,10 +25,10 @@ enum AptWhat {
     },
     /// Restore the packages' snapshot on a hit; on a miss run `apt-get install -y PKG…` and save it
     Install {
-        /// Cache key
+        /// Cache key or key template, e.g. 'apt-{apt-base}-{hash:apt-packages.txt}' (see docs/keys.md)
         #[arg(long)]
         key: String,
-        /// Key prefixes tried in order when the key has no snapshot
+        /// Key prefixes (or templates) tried in order when the key has no snapshot
         #[arg(long = "fallback", value_name = "PREFIX")]
         fallbacks: Vec<String>,
         /// The system root (apt-get runs in `chroot ROOT` unless it is /)
@@ -93,9 +93,9 @@ pub fn run(ctx: &Ctx, a: AptArgs) -> Result<Outcome> {
                 }
                 InstallOutcome::FallbackInstalled { fallback_key, save, .. } => {
                     ctx.ui.info(format!(
-                        "fallback {fallback_key} restored, apt-get installed the rest, saved {} ({} files, {}) in {:.2}s",
+                        "fallback {fallback_key} restored, apt-get installed the rest, saved {} ({}, {}) in {:.2}s",
                         save.key,
-                        save.files,
+                        plural(save.files, "file"),
                         bytes(save.bytes),
                         r.seconds
                     ));
@@ -103,10 +103,10 @@ pub fn run(ctx: &Ctx, a: AptArgs) -> Result<Outcome> {
                 }
                 InstallOutcome::Installed { miss_reason, save } => {
                     ctx.ui.info(format!(
-                        "miss ({miss_reason}): apt-get installed, saved {} ({} packages, {} files, {}) in {:.2}s",
+                        "miss ({miss_reason}): apt-get installed, saved {} ({}, {}, {}) in {:.2}s",
                         save.key,
-                        save.packages.len(),
-                        save.files,
+                        plural(save.packages.len() as u64, "package"),
+                        plural(save.files, "file"),
                         bytes(save.bytes),
                         r.seconds
                     ));
@@ -157,15 +157,15 @@ fn install_events(started_ns: i64, tpl: &str, r: &apt::InstallReport) -> Vec<Eve
 
 pub fn print_restore(ctx: &Ctx, key: &str, r: &AptRestoreReport) {
     ctx.ui.info(format!(
-        "{}restored apt snapshot {key} into {}: {} packages, {} files, {} dirs, {} symlinks, {}, {} shared files merged in {:.2}s",
+        "{}restored apt snapshot {key} into {}: {}, {}, {}, {}, {}, {} merged in {:.2}s",
         if r.dry_run { "dry run: would have " } else { "" },
         r.root.display(),
-        r.packages.len(),
-        r.files,
-        r.dirs,
-        r.symlinks,
+        plural(r.packages.len() as u64, "package"),
+        plural(r.files, "file"),
+        plural(r.dirs, "dir"),
+        plural(r.symlinks, "symlink"),
         bytes(r.bytes),
-        r.merged.len(),
+        plural(r.merged.len() as u64, "shared file"),
         r.seconds
     ));
     for p in &r.packages {

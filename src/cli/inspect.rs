@@ -1,8 +1,10 @@
-//! `envsnap list [PREFIX]` and `envsnap show KEY`.
+//! `envsnap list [PREFIX]` and `envsnap show KEY`. Both only read: a store that does not exist
+//! lists as empty and is never created.
 
-use super::output::{bytes, time_ns};
+use super::output::{bytes, human_list, outln, plural, time_ns};
 use super::{Ctx, Outcome};
 use clap::Args;
+use envsnap::apt::AptMeta;
 use envsnap::index::SnapshotRow;
 use envsnap::{Error, Result};
 use serde_json::json;
@@ -10,12 +12,14 @@ use std::collections::{HashMap, HashSet};
 
 #[derive(Args)]
 pub struct ListArgs {
-    /// Only keys starting with this prefix
+    /// Only keys starting with this prefix (or key template, e.g. 'pip-{os}-')
     prefix: Option<String>,
 }
 
 #[derive(Args)]
 pub struct ShowArgs {
+    /// The snapshot's key, or a key template rendered as `save` renders it
+    /// (e.g. 'venv-{os}-{python}-{hash:requirements*.txt}')
     key: String,
 }
 
@@ -28,20 +32,34 @@ fn row_json(s: &SnapshotRow) -> serde_json::Value {
 }
 
 pub fn list(ctx: &Ctx, a: ListArgs) -> Result<Outcome> {
-    let store = ctx.open_store()?;
-    let snaps = store.index().list(a.prefix.as_deref())?;
+    let prefix = a.prefix.as_deref().map(|p| ctx.key_arg(p)).transpose()?;
+    let snaps = match ctx.open_store_read()? {
+        Some(store) => store.index().list(prefix.as_deref())?,
+        None => {
+            ctx.ui.info(format!(
+                "no store at {} (nothing saved yet)",
+                ctx.store_path()?.display()
+            ));
+            Vec::new()
+        }
+    };
     if ctx.ui.json {
         ctx.ui
             .emit_json(&json!({ "snapshots": snaps.iter().map(row_json).collect::<Vec<_>>() }));
         return Ok(Outcome::Done);
     }
     // The table is the command's output: stdout, so it can be piped.
-    println!(
+    outln!(
         "{:<48} {:<5} {:>8} {:>10}  {:<20}  {:<20}",
-        "KEY", "KIND", "FILES", "BYTES", "CREATED", "LAST RESTORED"
+        "KEY",
+        "KIND",
+        "FILES",
+        "BYTES",
+        "CREATED",
+        "LAST RESTORED"
     );
     for s in &snaps {
-        println!(
+        outln!(
             "{:<48} {:<5} {:>8} {:>10}  {:<20}  {:<20}",
             s.key,
             s.kind,
@@ -55,12 +73,18 @@ pub fn list(ctx: &Ctx, a: ListArgs) -> Result<Outcome> {
 }
 
 pub fn show(ctx: &Ctx, a: ShowArgs) -> Result<Outcome> {
-    envsnap::key::validate(&a.key)?;
-    let store = ctx.open_store()?;
-    let snap = store
-        .index()
-        .get(&a.key)?
-        .ok_or_else(|| Error::Usage(format!("no snapshot with key {:?} (see `envsnap list`)", a.key)))?;
+    let key = ctx.key_arg(&a.key)?;
+    let no_snapshot = || Error::Usage(format!("no snapshot with key {key:?} (see `envsnap list`)"));
+    let store = match ctx.open_store_read()? {
+        Some(s) => s,
+        None => {
+            return Err(Error::Usage(format!(
+                "no snapshot with key {key:?}: no store at {} (nothing saved yet)",
+                ctx.store_path()?.display()
+            )))
+        }
+    };
+    let snap = store.index().get(&key)?.ok_or_else(no_snapshot)?;
     // Sharing: bytes of this snapshot's distinct objects that other snapshots also reference.
     let refs = store.index().object_refs()?;
     let mut mine: HashMap<envsnap::store::ObjectId, u64> = HashMap::new();
@@ -74,44 +98,129 @@ pub fn show(ctx: &Ctx, a: ShowArgs) -> Result<Outcome> {
     }
     let distinct_bytes: u64 = mine.values().sum();
     let shared_bytes: u64 = mine.iter().filter(|(o, _)| others.contains(*o)).map(|(_, n)| n).sum();
+    let apt = (snap.kind == "apt")
+        .then(|| serde_json::from_value::<AptMeta>(snap.meta.clone()).ok())
+        .flatten();
     let mut v = row_json(&snap);
     v["meta"] = snap.meta.clone();
     v["distinct_objects"] = json!(mine.len());
     v["distinct_bytes"] = json!(distinct_bytes);
     v["shared_bytes"] = json!(shared_bytes);
     v["unique_bytes"] = json!(distinct_bytes - shared_bytes);
+    if let Some(m) = &apt {
+        v["delta"] = apt_delta_json(m);
+    }
     if ctx.ui.json {
         ctx.ui.emit_json(&v);
         return Ok(Outcome::Done);
     }
-    println!("key:            {}", snap.key);
-    println!("kind:           {}", snap.kind);
-    println!("source:         {}", snap.source.display());
-    println!("created:        {} by {}", time_ns(snap.created_ns), snap.tool_version);
-    println!(
+    outln!("key:            {}", snap.key);
+    outln!("kind:           {}", snap.kind);
+    outln!("source:         {}", snap.source.display());
+    outln!("created:        {} by {}", time_ns(snap.created_ns), snap.tool_version);
+    outln!(
         "last restored:  {}",
         snap.last_restored_ns.map(time_ns).unwrap_or_else(|| "never".into())
     );
-    println!(
-        "entries:        {} files, {} dirs, {} symlinks",
-        snap.files, snap.dirs, snap.symlinks
+    outln!(
+        "entries:        {}, {}, {}",
+        plural(snap.files, "file"),
+        plural(snap.dirs, "dir"),
+        plural(snap.symlinks, "symlink")
     );
-    println!(
-        "size:           {} ({} distinct objects, {})",
+    outln!(
+        "size:           {} ({}, {})",
         bytes(snap.bytes),
-        mine.len(),
+        plural(mine.len() as u64, "distinct object"),
         bytes(distinct_bytes)
     );
-    println!(
+    outln!(
         "shared:         {} shared with other snapshots, {} only here",
         bytes(shared_bytes),
         bytes(distinct_bytes - shared_bytes)
     );
-    if snap.meta.as_object().is_some_and(|m| !m.is_empty()) {
-        println!(
-            "metadata:       {}",
-            serde_json::to_string_pretty(&snap.meta).unwrap_or_default()
-        );
+    match &apt {
+        Some(m) => show_apt(ctx, m),
+        None if snap.meta.as_object().is_some_and(|m| !m.is_empty()) => {
+            outln!(
+                "metadata:       {}",
+                serde_json::to_string_pretty(&snap.meta).unwrap_or_default()
+            );
+        }
+        None => {}
     }
     Ok(Outcome::Done)
+}
+
+fn apt_delta_json(m: &AptMeta) -> serde_json::Value {
+    let (added, upgraded): (Vec<_>, Vec<_>) = m.packages.iter().partition(|p| p.base_version.is_none());
+    json!({
+        "added": added.iter().map(|p| json!({"name": p.name, "arch": p.arch, "version": p.version})).collect::<Vec<_>>(),
+        "changed": upgraded.iter().map(|p| json!({"name": p.name, "arch": p.arch, "version": p.version, "base_version": p.base_version})).collect::<Vec<_>>(),
+        "removed": m.removed_packages.iter().map(|p| json!({"name": p.name, "arch": p.arch, "version": p.version})).collect::<Vec<_>>(),
+        "removed_paths": m.removed_paths.len(),
+        "shared_files": m.shared.iter().map(|s| &s.path).collect::<Vec<_>>(),
+        "base_packages": m.base_packages.len(),
+    })
+}
+
+/// An apt snapshot is what one install changed: show that delta; the base it was taken on
+/// (thousands of packages) only with -v.
+fn show_apt(ctx: &Ctx, m: &AptMeta) {
+    let (added, changed): (Vec<_>, Vec<_>) = m.packages.iter().partition(|p| p.base_version.is_none());
+    let names = |v: Vec<String>| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            human_list(&v, "and")
+        }
+    };
+    outln!(
+        "added:          {}",
+        names(added.iter().map(|p| format!("{} {}", p.name, p.version)).collect())
+    );
+    outln!(
+        "changed:        {}",
+        names(
+            changed
+                .iter()
+                .map(|p| format!(
+                    "{} {} -> {}",
+                    p.name,
+                    p.base_version.as_deref().unwrap_or("?"),
+                    p.version
+                ))
+                .collect()
+        )
+    );
+    outln!(
+        "removed:        {}",
+        names(
+            m.removed_packages
+                .iter()
+                .map(|p| format!("{} {}", p.name, p.version))
+                .collect()
+        )
+    );
+    outln!(
+        "also:           {}, {} merged",
+        plural(m.removed_paths.len() as u64, "removed path"),
+        plural(m.shared.len() as u64, "shared state file")
+    );
+    let os = m
+        .os_release
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_else(|| "unknown system".into());
+    outln!(
+        "base:           {} on {os}{}",
+        plural(m.base_packages.len() as u64, "package"),
+        if ctx.ui.verbose { "" } else { " (list them with -v)" }
+    );
+    if ctx.ui.verbose {
+        for p in &m.base_packages {
+            outln!("  {}:{} {}", p.name, p.arch, p.version);
+        }
+    }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use envsnap::key::{self, KeyContext, Rendered};
 use envsnap::{Error, Result};
 
-use super::output::github_output;
+use super::output::{github_output, outln};
 use super::{Ctx, Outcome};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -84,7 +84,7 @@ pub fn run(ctx: &Ctx, args: KeyArgs) -> Result<Outcome> {
             .emit_json(&serde_json::to_value(&r).map_err(|e| Error::Other(format!("json: {e}")))?);
     } else {
         // The key is the command's product: printed even with -q.
-        println!("{}", r.key);
+        outln!("{}", r.key);
     }
     Ok(Outcome::Done)
 }

@@ -1,10 +1,11 @@
 //! `envsnap gc` and `envsnap verify`.
 
-use super::output::bytes;
+use super::output::{bytes, human_list, plural};
 use super::{Ctx, Outcome};
 use clap::Args;
 use envsnap::gc::GcOptions;
 use envsnap::Result;
+use serde_json::json;
 
 #[derive(Args)]
 pub struct GcArgs {
@@ -24,7 +25,8 @@ pub struct GcArgs {
 
 #[derive(Args)]
 pub struct VerifyArgs {
-    /// Delete corrupt objects so the next save stores their content again
+    /// Delete corrupt objects and the snapshots broken by corrupt or missing objects, so their
+    /// restores are misses and the next save stores the content again
     #[arg(long)]
     repair: bool,
 }
@@ -41,7 +43,19 @@ fn parse_size(s: &str) -> std::result::Result<u64, String> {
 }
 
 pub fn gc(ctx: &Ctx, a: GcArgs) -> Result<Outcome> {
-    let store = ctx.open_store()?;
+    let verb = if a.dry_run { "would remove" } else { "removed" };
+    // Nothing to collect in a store that does not exist: never create one to say so.
+    let Some(store) = ctx.open_store_read()? else {
+        ctx.ui.info(format!(
+            "gc: no store at {}; nothing to remove",
+            ctx.store_path()?.display()
+        ));
+        ctx.ui.emit_json(&json!({
+            "removed_snapshots": [], "kept_snapshots": 0, "removed_objects": 0, "freed_bytes": 0,
+            "store_bytes": 0, "removed_temp_files": 0, "dry_run": a.dry_run,
+        }));
+        return Ok(Outcome::Done);
+    };
     let opts = GcOptions {
         max_age: Some(a.max_age),
         max_size: a.max_size,
@@ -50,26 +64,35 @@ pub fn gc(ctx: &Ctx, a: GcArgs) -> Result<Outcome> {
     };
     let r = envsnap::gc::gc(&store, &opts)?;
     for k in &r.removed_snapshots {
-        ctx.ui.detail(format!(
-            "{}removed snapshot {k}",
-            if a.dry_run { "would have " } else { "" }
-        ));
+        ctx.ui.detail(format!("{verb} snapshot {k}"));
     }
     ctx.ui.info(format!(
-        "gc{}: removed {} snapshots and {} objects ({}); kept {} snapshots, store holds {}",
+        "gc{}: {verb} {} and {} ({}); {} {}, store {} {}",
         if a.dry_run { " (dry run)" } else { "" },
-        r.removed_snapshots.len(),
-        r.removed_objects,
+        plural(r.removed_snapshots.len() as u64, "snapshot"),
+        plural(r.removed_objects, "object"),
         bytes(r.freed_bytes),
-        r.kept_snapshots,
+        if a.dry_run { "would keep" } else { "kept" },
+        plural(r.kept_snapshots, "snapshot"),
+        if a.dry_run { "would hold" } else { "holds" },
         bytes(r.store_bytes)
     ));
-    ctx.ui.emit_json(&serde_json::to_value(&r).unwrap_or_default());
+    let mut v = serde_json::to_value(&r).unwrap_or_default();
+    v["dry_run"] = json!(a.dry_run);
+    ctx.ui.emit_json(&v);
     Ok(Outcome::Done)
 }
 
 pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<Outcome> {
-    let store = ctx.open_store()?;
+    let Some(store) = ctx.open_store_read()? else {
+        ctx.ui.info(format!(
+            "no store at {}: nothing to verify",
+            ctx.store_path()?.display()
+        ));
+        ctx.ui
+            .emit_json(&serde_json::to_value(envsnap::verify::VerifyReport::default()).unwrap_or_default());
+        return Ok(Outcome::Done);
+    };
     let r = envsnap::verify::verify(&store, a.repair)?;
     for o in &r.corrupt {
         ctx.ui.warn(format!(
@@ -80,47 +103,80 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<Outcome> {
     for o in &r.missing {
         ctx.ui.warn(format!("missing object {o}"));
     }
+    for o in &r.unreadable {
+        ctx.ui.warn(format!("unreadable object {o}"));
+    }
     if r.index_missing {
         ctx.ui.warn(format!(
-            "the store's index was missing: every snapshot is gone ({} objects no snapshot references; \
+            "the store's index was missing: every snapshot is gone ({} no snapshot references; \
              `envsnap gc` removes them)",
-            r.unreferenced_objects
+            plural(r.unreferenced_objects, "object")
         ));
     } else if r.unreferenced_objects > 0 {
         ctx.ui.detail(format!(
-            "{} objects no snapshot references (`envsnap gc` removes them)",
-            r.unreferenced_objects
+            "{} no snapshot references (`envsnap gc` removes them)",
+            plural(r.unreferenced_objects, "object")
         ));
     }
     for d in &r.damaged_snapshots {
         ctx.ui.warn(format!("{d}{}", if a.repair { " (removed)" } else { "" }));
     }
-    for k in &r.broken_snapshots {
-        ctx.ui.warn(format!(
-            "snapshot {k} is broken by a corrupt or missing object: save it again"
-        ));
+    if !a.repair {
+        for k in &r.broken_snapshots {
+            ctx.ui
+                .warn(format!("snapshot {k} is broken by a corrupt or missing object"));
+        }
     }
     ctx.ui.emit_json(&serde_json::to_value(&r).unwrap_or_default());
+    let quoted = |keys: &[String]| {
+        let q: Vec<String> = keys.iter().map(|k| format!("\"{k}\"")).collect();
+        human_list(&q, "and")
+    };
     if r.ok() {
         ctx.ui.info(format!(
-            "verified {} objects ({}): all intact",
-            r.objects,
+            "verified {} ({}): all intact",
+            plural(r.objects, "object"),
             bytes(r.bytes)
         ));
         Ok(Outcome::Done)
-    } else {
-        if r.index_missing {
-            eprintln!("envsnap: error: the store's index was missing: save your snapshots again");
-        } else {
-            eprintln!(
-                "envsnap: error: verify found {} corrupt and {} missing objects and {} damaged snapshots \
-                 breaking {} snapshots: run `envsnap verify --repair`, then save them again",
-                r.corrupt.len(),
-                r.missing.len(),
-                r.damaged_snapshots.len(),
-                r.broken_snapshots.len()
-            );
+    } else if r.index_missing {
+        eprintln!("envsnap: error: the store's index was missing: save your snapshots again");
+        Ok(Outcome::Failed)
+    } else if a.repair && r.repaired() {
+        let mut line = format!(
+            "repaired: removed {} and {}; the store is sound",
+            plural(r.removed, "corrupt object"),
+            plural(r.removed_snapshots.len() as u64, "broken snapshot")
+        );
+        if !r.removed_snapshots.is_empty() {
+            line.push_str(&format!("; save {} again", quoted(&r.removed_snapshots)));
         }
+        ctx.ui.info(line);
+        Ok(Outcome::Done)
+    } else if a.repair {
+        eprintln!(
+            "envsnap: error: {} could not be read (reported, not deleted): check the store's disk and permissions",
+            plural(r.unreadable.len() as u64, "object")
+        );
+        Ok(Outcome::Failed)
+    } else {
+        let broken = if r.broken_snapshots.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " breaking {} ({})",
+                plural(r.broken_snapshots.len() as u64, "snapshot"),
+                quoted(&r.broken_snapshots)
+            )
+        };
+        eprintln!(
+            "envsnap: error: verify found {}, {}, {} and {}{broken}: run `envsnap verify --repair`, \
+             then save the snapshots it removes again",
+            plural(r.corrupt.len() as u64, "corrupt object"),
+            plural(r.missing.len() as u64, "missing object"),
+            plural(r.unreadable.len() as u64, "unreadable object"),
+            plural(r.damaged_snapshots.len() as u64, "damaged snapshot"),
+        );
         Ok(Outcome::Failed)
     }
 }

@@ -1,6 +1,6 @@
 //! `envsnap delete` and `envsnap stats`, and the event recording every restore and save does.
 
-use super::output::bytes;
+use super::output::{bytes, plural};
 use super::{Ctx, Outcome};
 use clap::Args;
 use envsnap::delete::{DeleteRequest, KeyDeleter};
@@ -48,9 +48,7 @@ pub fn record_event(ctx: &Ctx, log: &dyn EventLog, ev: &Event) {
 
 /// Templates accepted wherever keys are: rendered like `save`/`restore` render them.
 fn render_all(ctx: &Ctx, keys: &[String]) -> Result<Vec<String>> {
-    keys.iter()
-        .map(|k| super::key::keys_for(ctx, k, &[], None, None, None).map(|(k, _)| k))
-        .collect()
+    keys.iter().map(|k| ctx.key_arg(k)).collect()
 }
 
 pub fn delete(ctx: &Ctx, a: DeleteArgs) -> Result<Outcome> {
@@ -65,10 +63,10 @@ pub fn delete(ctx: &Ctx, a: DeleteArgs) -> Result<Outcome> {
     let verb = if a.dry_run { "would delete" } else { "deleted" };
     for d in &r.deleted {
         ctx.ui.info(format!(
-            "{verb} {} ({}, {} files, {})",
+            "{verb} {} ({}, {}, {})",
             d.key,
             d.kind,
-            d.files,
+            plural(d.files, "file"),
             bytes(d.bytes)
         ));
     }
@@ -103,12 +101,15 @@ pub fn stats(ctx: &Ctx, a: StatsArgs) -> Result<Outcome> {
         Some(p) => Some(render_all(ctx, std::slice::from_ref(p))?.remove(0)),
         None => None,
     };
-    let store = ctx.open_store()?;
+    // Read-only: no store yet means no events, not a new store.
     let since_ns = a
         .since
         .map(|d| envsnap::repo::now_ns() - d.as_nanos() as i64)
         .unwrap_or(i64::MIN);
-    let events = events_of(&store, since_ns)?;
+    let events = match ctx.open_store_read()? {
+        Some(store) => events_of(&store, since_ns)?,
+        None => Vec::new(),
+    };
     let groups = envsnap::stats::compute(&events, prefix.as_deref());
     let since = a.since.map(|d| humantime::format_duration(d).to_string());
     if ctx.ui.json {
@@ -116,9 +117,9 @@ pub fn stats(ctx: &Ctx, a: StatsArgs) -> Result<Outcome> {
             "prefix": prefix, "since": since, "events": events.len(), "groups": groups,
         }));
     } else if a.markdown {
-        print!("{}", markdown(&groups, since.as_deref()));
+        super::output::stdout(format_args!("{}", markdown(&groups, since.as_deref())));
     } else {
-        print!("{}", table(&groups));
+        super::output::stdout(format_args!("{}", table(&groups)));
         if groups.is_empty() {
             ctx.ui.info("no restores or saves recorded yet for these keys");
         }

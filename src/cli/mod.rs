@@ -1,4 +1,9 @@
 //! Command-line front end: one file per command group. Only this module prints.
+//!
+//! Output goes through `output`: stdout only via `output::stdout`/`outln!` (a closed pipe is a
+//! quiet exit 0), errors through [`report_error`] (one line; details under `-v`), misses
+//! through [`miss`] (one phrasing, one JSON shape for every kind of miss).
+#![deny(clippy::print_stdout)]
 
 mod apt;
 mod inspect;
@@ -11,7 +16,7 @@ mod save;
 
 use clap::{Parser, Subcommand};
 use envsnap::{Error, Result, Store};
-use output::Ui;
+use output::{human_list, Ui};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -21,6 +26,8 @@ use std::process::ExitCode;
     version,
     about = "Snapshot CI environments into a content-addressed store and restore them in seconds"
 )]
+// Global options get their own `--help` section, after each command's own options.
+#[command(next_help_heading = "Global options")]
 pub struct Cli {
     /// Store directory [default: $ENVSNAP_STORE, else $XDG_CACHE_HOME/envsnap, else ~/.cache/envsnap]
     #[arg(long, global = true, value_name = "DIR")]
@@ -31,7 +38,7 @@ pub struct Cli {
     /// Print nothing but errors on stderr
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
-    /// Print more detail
+    /// Print more detail (and the details of an error)
     #[arg(short, long, global = true)]
     verbose: bool,
     #[command(subcommand)]
@@ -46,7 +53,7 @@ enum Command {
     Restore(restore::RestoreArgs),
     /// List snapshots, newest first
     List(inspect::ListArgs),
-    /// Show one snapshot: metadata, counts, sizes, what it shares with others
+    /// Show one snapshot: metadata, counts, sizes, what it shares with others (apt: the delta)
     Show(inspect::ShowArgs),
     /// Remove old snapshots and unreferenced objects
     Gc(maint::GcArgs),
@@ -76,26 +83,47 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The store for a command that writes: created on first use.
     pub fn open_store(&self) -> Result<Store> {
-        let dir = envsnap::repo::resolve_dir(self.store_dir.clone())?;
-        Store::open(&dir)
+        Store::open(&self.store_path()?)
+    }
+
+    /// The store for a read-only command (list, show, verify, gc --dry-run): never created.
+    /// `None` when there is none yet; callers report an empty store (and say where they looked).
+    pub fn open_store_read(&self) -> Result<Option<Store>> {
+        let dir = self.store_path()?;
+        // A path that is not a directory falls through to `open`, which says so; so does a
+        // store with objects but no index (`verify` reports the lost index).
+        let missing = !dir.exists()
+            || (dir.is_dir()
+                && !dir.join(envsnap::index::INDEX_FILE).exists()
+                && !dir.join(envsnap::store::OBJECTS_DIR).exists());
+        if missing {
+            self.ui.detail(format!("no store at {}", dir.display()));
+            return Ok(None);
+        }
+        Store::open(&dir).map(Some)
+    }
+
+    pub fn store_path(&self) -> Result<PathBuf> {
+        envsnap::repo::resolve_dir(self.store_dir.clone())
+    }
+
+    /// A KEY argument of a command that reads the store (show, …): a plain key or a template,
+    /// rendered as `save` and `restore` render theirs.
+    pub fn key_arg(&self, key_or_template: &str) -> Result<String> {
+        Ok(key::keys_for(self, key_or_template, &[], None, None, None)?.0)
     }
 }
 
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) if !e.use_stderr() => {
-            // --help and --version
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
         Err(e) => {
-            // One line, like every other error: clap's first line names the bad argument.
-            let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("envsnap: {first} (see `envsnap --help`)");
-            return ExitCode::from(2);
+            // --help and --version on stdout (exit 0); usage errors whole, as clap words them
+            // (the missing argument, "did you mean", the usage line), on stderr, exit 2.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
     let ctx = Ctx {
@@ -126,19 +154,57 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The error line every command ends with: `envsnap: error: <first line>`. Errors that carry
+/// more (a failing interpreter's output) show it only with `-v`, so CI logs stay one line.
 fn report_error(ui: &Ui, e: &Error) -> ExitCode {
     let code = e.exit_code();
-    if e.is_miss() {
-        if !ui.quiet {
-            eprintln!("envsnap: miss: {e}");
+    let text = e.to_string();
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let first = lines.next().unwrap_or("failed");
+    let rest: Vec<&str> = lines.collect();
+    let label = if e.is_miss() { "miss" } else { "error" };
+    if !(e.is_miss() && ui.quiet) {
+        if rest.is_empty() || ui.verbose {
+            eprintln!("envsnap: {label}: {first}");
+        } else {
+            eprintln!("envsnap: {label}: {first} (details: run with -v)");
         }
-    } else {
-        eprintln!("envsnap: error: {e}");
+        if ui.verbose {
+            for l in &rest {
+                eprintln!("  {l}");
+            }
+        }
     }
     ui.emit_json(&serde_json::json!({
-        "error": e.to_string(),
+        "error": text,
         "hit": if e.is_miss() { serde_json::json!("miss") } else { serde_json::Value::Null },
         "exit": code,
     }));
     ExitCode::from(code)
+}
+
+/// A lookup that restored nothing: no snapshot for the key or its fallbacks, or (`reason`) an
+/// adapter refused the one found. Every miss is phrased and shaped the same way: one line
+/// `envsnap: miss: …` on stderr (silent with -q), and the same JSON fields.
+pub fn miss(ctx: &Ctx, key: &str, fallbacks: &[String], reason: Option<&str>) -> Outcome {
+    let quoted: Vec<String> = fallbacks.iter().map(|f| format!("{f:?}")).collect();
+    let tried = match quoted.len() {
+        0 => String::new(),
+        1 => format!(" or prefix {}", quoted[0]),
+        _ => format!(" or prefixes {}", human_list(&quoted, "or")),
+    };
+    let line = match reason {
+        None => format!("no snapshot for key {key:?}{tried}; nothing restored"),
+        Some(r) => format!("{}; nothing restored", r.lines().next().unwrap_or(r)),
+    };
+    if !ctx.ui.quiet {
+        eprintln!("envsnap: miss: {line}");
+    }
+    ctx.ui.emit_json(&serde_json::json!({
+        "hit": "miss", "key": key, "matched_key": null, "files": 0, "bytes": 0, "seconds": 0.0,
+        "link": null, "reason": line, "exit": 1,
+        // Kept from before misses had one shape: adapters' misses reported their reason here.
+        "error": reason,
+    }));
+    Outcome::Miss
 }

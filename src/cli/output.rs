@@ -1,5 +1,9 @@
 //! Everything the binary prints: a human summary on stderr, one JSON object on stdout with
 //! `--json`, progress bars on a terminal, and GitHub Actions outputs.
+//!
+//! stdout is written only through [`stdout`] (clippy's `print_stdout` is denied in `cli`): a
+//! reader that went away (`envsnap list | head -1`) ends the program quietly with exit 0, as
+//! ripgrep does, instead of a "Broken pipe" panic that fails a `set -o pipefail` step.
 
 use envsnap::progress::Progress;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -36,8 +40,7 @@ impl Ui {
     /// The one JSON object of a command, on stdout.
     pub fn emit_json(&self, v: &serde_json::Value) {
         if self.json {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{v}");
+            stdout(format_args!("{v}\n"));
         }
     }
 
@@ -56,9 +59,11 @@ impl Progress for Bar {
     fn start(&self, what: &str, total: u64) {
         let pb = ProgressBar::new(total);
         pb.set_style(
-            ProgressStyle::with_template("{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{msg:>10} [{bar:30}] {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec} {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         pb.set_message(what.to_string());
         *self.bar.lock().unwrap_or_else(|p| p.into_inner()) = Some(pb);
@@ -96,8 +101,55 @@ pub fn github_output(pairs: &[(&str, &str)]) -> envsnap::Result<()> {
         .map_err(|e| envsnap::Error::io("write $GITHUB_OUTPUT", &path, e))
 }
 
+/// Write a command's product to stdout. A closed pipe (EPIPE) means the reader has all it
+/// wanted: exit 0 at once, nothing more to say. Any other write error is reported and exits 2.
+pub fn stdout(args: std::fmt::Arguments) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        // stderr may be gone too; nothing better to do than try.
+        let _ = writeln!(std::io::stderr(), "envsnap: error: cannot write to stdout: {e}");
+        std::process::exit(2);
+    }
+}
+
+/// `println!` for the command's product, through [`stdout`].
+macro_rules! outln {
+    ($($t:tt)*) => { $crate::cli::output::stdout(format_args!("{}\n", format_args!($($t)*))) };
+}
+pub(crate) use outln;
+
+/// Sizes in one unit system everywhere (summaries and progress bars): decimal, like `du --si`
+/// and disk vendors: 1 MB = 1,000,000 bytes.
 pub fn bytes(n: u64) -> String {
-    bytesize::ByteSize(n).to_string()
+    bytesize::ByteSize(n).to_string_as(false)
+}
+
+/// `3 files`, `1 file`: `one` is the singular, the plural adds "s" (or pass it via [`plural_of`]).
+pub fn plural(n: impl Into<u64>, one: &str) -> String {
+    let n = n.into();
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {one}s")
+    }
+}
+
+/// `1 entry`, `2 entries`: for words whose plural is not `+s`.
+pub fn plural_of(n: impl Into<u64>, one: &str, many: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// A human list: `"a"`, `"a" or "b"`, `"a", "b" or "c"` (`conj` is "or"/"and").
+pub fn human_list(items: &[String], conj: &str) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} {conj} {last}", init.join(", ")),
+    }
 }
 
 pub fn time_ns(ns: i64) -> String {

@@ -1,6 +1,6 @@
 //! `envsnap restore [PATH] --key KEY [--fallback PREFIX]…`: look up, plan, apply, commit.
 
-use super::output::{bytes, github_output};
+use super::output::{bytes, github_output, plural, plural_of};
 use super::{Ctx, Outcome};
 use clap::Args;
 use envsnap::events::{Event, HitKind, Op};
@@ -16,7 +16,7 @@ use std::time::Instant;
 pub struct RestoreArgs {
     /// Where to restore [default: the path the snapshot was saved from]
     path: Option<PathBuf>,
-    /// Cache key (or key template, see `envsnap key`) to restore
+    /// Cache key or key template (see `envsnap key`) to restore
     #[arg(long)]
     key: String,
     /// Key prefixes (or templates) tried in order when the key has no snapshot; the newest match wins
@@ -77,12 +77,13 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
         detail: None,
     };
     let Some((snap, hit)) = store.lookup(&a.key, &a.fallbacks)? else {
-        let out = miss(ctx, &a);
+        github_output(&MISS_OUTPUTS)?;
+        let out = super::miss(ctx, &a.key, &a.fallbacks, None);
         if !a.dry_run {
             event.seconds = start.elapsed().as_secs_f64();
             super::manage::record_event(ctx, &store, &event);
         }
-        return out;
+        return Ok(out);
     };
     let dest = a.path.clone().unwrap_or_else(|| snap.source.clone());
     let opts = RestoreOptions {
@@ -138,7 +139,12 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
         event.seconds = start.elapsed().as_secs_f64();
         super::manage::record_event(ctx, &store, &event);
     }
-    result
+    match result {
+        // An adapter refused the snapshot it was given (its interpreter is gone, the base
+        // system drifted): a miss like any other, with its reason.
+        Err(e) if e.is_miss() => Ok(super::miss(ctx, &a.key, &a.fallbacks, Some(&e.to_string()))),
+        r => r,
+    }
 }
 
 /// What a restore did, for its event: set by each kind once its tree is in place.
@@ -174,21 +180,6 @@ impl Found<'_> {
 }
 
 const MISS_OUTPUTS: [(&str, &str); 3] = [("cache-hit", "false"), ("matched-key", ""), ("hit", "miss")];
-
-fn miss(ctx: &Ctx, a: &RestoreArgs) -> Result<Outcome> {
-    let tried = if a.fallbacks.is_empty() {
-        String::new()
-    } else {
-        format!(" or prefixes {:?}", a.fallbacks)
-    };
-    ctx.ui
-        .info(format!("miss: no snapshot for key {}{tried}; nothing restored", a.key));
-    github_output(&MISS_OUTPUTS)?;
-    ctx.ui.emit_json(&json!({
-        "hit": "miss", "key": a.key, "matched_key": null, "files": 0, "bytes": 0, "seconds": 0.0, "link": null,
-    }));
-    Ok(Outcome::Miss)
-}
 
 /// Outputs shared by every kind of restore.
 pub fn hit_outputs(hit: Hit, snap: &SnapshotRow) -> Result<()> {
@@ -226,13 +217,13 @@ fn restore_dir(f: &Found) -> Result<Outcome> {
     }
     if a.dry_run {
         ctx.ui.info(format!(
-            "dry run: would restore {} ({} hit) to {}: {} files, {} dirs, {} symlinks, {}, link {}{}",
+            "dry run: would restore {} ({} hit) to {}: {}, {}, {}, {}, link {}{}",
             snap.key,
             hit.as_str(),
             plan.dest.display(),
-            plan.files,
-            plan.dirs,
-            plan.symlinks,
+            plural(plan.files, "file"),
+            plural(plan.dirs, "dir"),
+            plural(plan.symlinks, "symlink"),
             bytes(plan.bytes),
             plan.link.as_str(),
             if plan.replaces {
@@ -271,11 +262,11 @@ fn restore_dir(f: &Found) -> Result<Outcome> {
     }
     let secs = start.elapsed().as_secs_f64();
     ctx.ui.info(format!(
-        "restored {} ({} hit) to {}: {} files, {} in {:.2}s (link: {})",
+        "restored {} ({} hit) to {}: {}, {} in {:.2}s (link: {})",
         snap.key,
         hit.as_str(),
         dest.display(),
-        files,
+        plural(files, "file"),
         bytes(bytes_n),
         secs,
         link
@@ -323,13 +314,13 @@ fn restore_venv(f: &Found) -> Result<Outcome> {
     let dest = std::path::absolute(dest).unwrap_or_else(|_| dest.to_path_buf());
     if a.dry_run {
         ctx.ui.info(format!(
-            "dry run: would restore venv {} ({} hit) to {}: {} files, {}, {} rewritten copies, interpreter {interp}",
+            "dry run: would restore venv {} ({} hit) to {}: {}, {}, {}, interpreter {interp}",
             snap.key,
             hit.as_str(),
             dest.display(),
-            r.files,
+            plural(r.files, "file"),
             bytes(r.bytes),
-            r.private_copies
+            plural_of(r.private_copies, "rewritten copy", "rewritten copies"),
         ));
     } else {
         mark_restored(ctx, store, snap.id);
@@ -356,17 +347,25 @@ fn restore_venv(f: &Found) -> Result<Outcome> {
                 *by_action.entry(k).or_default() += 1;
             }
             let detail: Vec<String> = by_action.iter().map(|(k, n)| format!("{n} {k}")).collect();
+            // One short line; which interpreter and how each file was fixed only with -v.
             ctx.ui.info(format!(
-                "restored venv {} ({} hit) to {}: {} files, {} in {:.2}s (link: {}); {} files rewritten ({}), interpreter {interp}",
+                "restored venv {} ({} hit) to {}: {}, {} in {:.2}s (link: {}); {} rewritten",
                 snap.key,
                 hit.as_str(),
                 dest.display(),
-                r.files,
+                plural(r.files, "file"),
                 bytes(r.bytes),
                 secs,
                 r.link,
-                f.rewritten.len(),
-                if detail.is_empty() { "none".to_string() } else { detail.join(", ") }
+                plural(f.rewritten.len() as u64, "file"),
+            ));
+            ctx.ui.detail(format!(
+                "  interpreter {interp}; rewrites: {}",
+                if detail.is_empty() {
+                    "none".to_string()
+                } else {
+                    detail.join(", ")
+                }
             ));
         }
     }

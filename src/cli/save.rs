@@ -1,6 +1,6 @@
 //! `envsnap save dir PATH --key KEY` (and the adapters' `save venv`, `save apt`).
 
-use super::output::bytes;
+use super::output::{bytes, plural, plural_of};
 use super::{Ctx, Outcome};
 use clap::{Args, Subcommand};
 use envsnap::events::{Event, Op};
@@ -30,7 +30,8 @@ enum SaveWhat {
         /// The venv directory (must hold pyvenv.cfg)
         #[arg(default_value = ".venv")]
         path: PathBuf,
-        /// Cache key (updatable: saving an existing key points it at the new snapshot)
+        /// Cache key or key template, e.g. 'venv-{os}-{python}-{hash:requirements*.txt}' ({python} is
+        /// the venv's own interpreter; updatable: saving an existing key points it at the new snapshot)
         #[arg(long)]
         key: String,
     },
@@ -67,18 +68,24 @@ pub fn run(ctx: &Ctx, args: SaveArgs) -> Result<Outcome> {
             let r = envsnap::venv::save_venv(&store, &path, &key, bar.as_ref().map(|b| b as _))?;
             let i = &r.venv.interpreter;
             if let Some(e) = &r.venv.probe_error {
+                let first = e.lines().next().unwrap_or_default();
                 ctx.ui.warn(format!(
-                    "the venv's python could not run ({e}); interpreter taken from pyvenv.cfg"
+                    "the venv's python could not run ({first}); interpreter taken from pyvenv.cfg"
                 ));
+                e.lines().skip(1).for_each(|l| ctx.ui.detail(format!("  {l}")));
             }
+            // One short line; where it lives and what holds its paths only with -v.
             ctx.ui.info(format!(
-                "venv {} ({}): {} {} from {}; {} files hold its paths",
-                r.venv.root.display(),
+                "venv ({}, {} {})",
                 r.venv.flavour,
                 envsnap::venv::inspect::pretty_impl(&i.implementation),
                 i.version,
+            ));
+            ctx.ui.detail(format!(
+                "venv {}: interpreter from {}; {} its absolute path",
+                r.venv.root.display(),
                 i.home.display(),
-                r.files_with_paths
+                plural_of(r.files_with_paths, "file holds", "files hold"),
             ));
             let extra = serde_json::json!({ "venv": r.venv, "files_with_paths": r.files_with_paths });
             print_report(ctx, &r.save, extra);
@@ -90,14 +97,14 @@ pub fn run(ctx: &Ctx, args: SaveArgs) -> Result<Outcome> {
             let store = ctx.open_store()?;
             let r = envsnap::apt::save(&store, &root, &key)?;
             ctx.ui.info(format!(
-                "saved {} (apt): {} packages added or changed, {} paths, {} files ({}), {} removed paths, {} shared files in {:.2}s",
+                "saved {} (apt): {} added or changed, {}, {} ({}), {}, {} in {:.2}s",
                 r.key,
-                r.packages.len(),
-                r.payload_entries,
-                r.files,
-                super::output::bytes(r.bytes),
-                r.removed_paths,
-                r.merged_files,
+                plural(r.packages.len() as u64, "package"),
+                plural(r.payload_entries, "path"),
+                plural(r.files, "file"),
+                bytes(r.bytes),
+                plural(r.removed_paths, "removed path"),
+                plural(r.merged_files, "shared file"),
                 r.seconds
             ));
             ctx.ui.emit_json(&serde_json::to_value(&r).unwrap_or_default());
@@ -137,15 +144,15 @@ pub fn print_report(ctx: &Ctx, r: &SaveReport, extra: serde_json::Value) {
         ));
     }
     ctx.ui.info(format!(
-        "saved {} ({}): {} files, {} dirs, {} symlinks, {}; {} hashed, {} new objects ({}) in {:.2}s",
+        "saved {} ({}): {}, {}, {}, {}; {} hashed, {} ({}) in {:.2}s",
         r.key,
         r.kind,
-        r.files,
-        r.dirs,
-        r.symlinks,
+        plural(r.files, "file"),
+        plural(r.dirs, "dir"),
+        plural(r.symlinks, "symlink"),
         bytes(r.bytes),
         r.hashed_files,
-        r.new_objects,
+        plural(r.new_objects, "new object"),
         bytes(r.new_bytes),
         r.seconds
     ));

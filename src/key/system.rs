@@ -174,8 +174,11 @@ fn run(cmd: &Path, args: &[&str]) -> Result<String> {
     let (ok, stdout, stderr) = crate::process::run_with_timeout(c, RUN_TIMEOUT)
         .map_err(|e| Error::Usage(format!("cannot run {}: {e}", cmd.display())))?;
     if !ok {
-        let err = String::from_utf8_lossy(&stderr);
-        return Err(Error::Usage(format!("{} failed: {}", cmd.display(), err.trim())));
+        return Err(Error::Usage(crate::process::failure_message(
+            cmd,
+            &stderr,
+            "check that it runs, or pass a working interpreter with --python",
+        )));
     }
     String::from_utf8(stdout).map_err(|_| Error::Usage(format!("{}: output is not UTF-8", cmd.display())))
 }

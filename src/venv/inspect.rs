@@ -128,10 +128,10 @@ pub fn probe(python: &Path) -> Result<Probe> {
     let out = run_with_timeout(cmd, PROBE_TIMEOUT)
         .map_err(|e| Error::Other(format!("{}: cannot run: {e}", python.display())))?;
     if !out.0 {
-        return Err(Error::Other(format!(
-            "{}: probe failed: {}",
-            python.display(),
-            String::from_utf8_lossy(&out.2).trim()
+        return Err(Error::Other(crate::process::failure_message(
+            python,
+            &out.2,
+            "check that it runs, or pass a working interpreter with --python",
         )));
     }
     let line = String::from_utf8_lossy(&out.1);
