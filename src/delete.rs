@@ -36,9 +36,10 @@ pub struct DeleteReport {
     /// Prefixes no key starts with.
     pub empty_prefixes: Vec<String>,
     pub dry_run: bool,
-    /// Objects only the deleted snapshots referenced: the next gc removes them.
-    pub reclaimable_objects: u64,
-    pub reclaimable_bytes: u64,
+    /// Objects only the deleted snapshots referenced: the next gc removes them. None where
+    /// the store cannot tell cheaply (a remote).
+    pub reclaimable_objects: Option<u64>,
+    pub reclaimable_bytes: Option<u64>,
 }
 
 impl DeleteReport {
@@ -100,12 +101,15 @@ impl KeyDeleter for Store {
                 kept.insert(obj);
             }
         }
+        let (mut objects, mut bytes) = (0, 0);
         for (obj, size) in &size_of {
             if !kept.contains(obj) {
-                report.reclaimable_objects += 1;
-                report.reclaimable_bytes += size;
+                objects += 1;
+                bytes += size;
             }
         }
+        report.reclaimable_objects = Some(objects);
+        report.reclaimable_bytes = Some(bytes);
         if !req.dry_run && !chosen.is_empty() {
             let ids: Vec<i64> = chosen.iter().map(|r| r.id).collect();
             self.index().delete_snapshots(&ids)?;

@@ -18,7 +18,7 @@ pub const MAX_AGE: Duration = Duration::from_secs(90 * 24 * 3600);
 /// At most this many events are kept (about 20 MB of index at the most).
 pub const MAX_EVENTS: i64 = 100_000;
 /// The longest an event write waits for another writer's lock on the index.
-pub const RECORD_WAIT: Duration = Duration::from_millis(1500);
+pub const RECORD_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -543,16 +543,24 @@ fn restore_succeeds_when_the_index_is_locked_or_read_only() {
     save_dir(&store, s(&src), "k");
     let idx = store.join("index.sqlite");
     let check = |name: &str| {
-        let quiet = envsnap(
-            &store,
-            &["restore", s(&d.path().join(format!("{name}-q"))), "--key", "k"],
-        );
+        // Both at once: each waits out the bounded index writes.
+        let run = |args: &[&str]| {
+            Command::new(bin())
+                .arg("--store")
+                .arg(&store)
+                .args(args)
+                .env_remove("ENVSNAP_STORE")
+                .env_remove("GITHUB_OUTPUT")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let q = run(&["restore", s(&d.path().join(format!("{name}-q"))), "--key", "k"]);
+        let v = run(&["-v", "restore", s(&d.path().join(format!("{name}-v"))), "--key", "k"]);
+        let (quiet, verbose) = (q.wait_with_output().unwrap(), v.wait_with_output().unwrap());
         assert_eq!(code(&quiet), 0, "{name}: {}", stderr(&quiet));
         assert!(!stderr(&quiet).contains("warning"), "{name}: {}", stderr(&quiet));
-        let verbose = envsnap(
-            &store,
-            &["-v", "restore", s(&d.path().join(format!("{name}-v"))), "--key", "k"],
-        );
         assert_eq!(code(&verbose), 0, "{name}: {}", stderr(&verbose));
         assert!(
             stderr(&verbose).contains("could not record this restore"),

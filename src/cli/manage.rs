@@ -81,14 +81,19 @@ pub fn delete(ctx: &Ctx, a: DeleteArgs) -> Result<Outcome> {
         ));
     }
     let n = r.deleted.len();
+    let freed = match (r.reclaimable_objects, r.reclaimable_bytes) {
+        (Some(o), Some(b)) => format!(
+            "{o} object{} ({}) no other snapshot uses {} freed by the next `envsnap gc`",
+            if o == 1 { "" } else { "s" },
+            bytes(b),
+            if a.dry_run { "would be" } else { "are" },
+        ),
+        _ => "what no other snapshot uses goes at the next `envsnap gc`".into(),
+    };
     ctx.ui.info(format!(
-        "{}{verb} {n} snapshot{}; {} object{} ({}) no other snapshot uses {} freed by the next `envsnap gc`",
+        "{}{verb} {n} snapshot{}; {freed}",
         if a.dry_run { "dry run: " } else { "" },
         if n == 1 { "" } else { "s" },
-        r.reclaimable_objects,
-        if r.reclaimable_objects == 1 { "" } else { "s" },
-        bytes(r.reclaimable_bytes),
-        if a.dry_run { "would be" } else { "are" },
     ));
     let mut v = serde_json::to_value(&r).unwrap_or_default();
     v["exit"] = json!(if r.missed() { 1 } else { 0 });

@@ -386,10 +386,14 @@ pub fn restore(
     // On error `staged` is dropped here, which removes the staging dir: nothing at dest.
     let mut report = fixup_staged(&decided, staged.path(), &rels)?;
     let done = staged.commit()?;
-    if let Err(e) = done.seed_statcache(store) {
-        report.warnings.push(format!(
+    match done.seed_statcache(store) {
+        Ok(_) => {}
+        // A busy or read-only index: the next save only reads more. Not worth a warning; the
+        // CLI reports the restore's other bookkeeping failing the same way under -v.
+        Err(e) if e.is_index_unavailable() => {}
+        Err(e) => report.warnings.push(format!(
             "could not record the restored files' stat cache ({e}): the next save reads them all"
-        ));
+        )),
     }
     out.fixups = Some(report);
     Ok(out)
