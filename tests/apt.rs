@@ -399,6 +399,28 @@ fn apt_install_wrapper_miss_then_hit() {
     assert_eq!(b.sh_ok("echo '{\"x\":1}' | jq .x").trim(), "1");
     assert!(b.sh_ok("dpkg -s jq").contains("install ok installed"));
     assert!(b.sh_ok("dpkg --audit").trim().is_empty());
+    // Events: the miss, the save after apt-get's install, the exact hit (issue 13). The miss
+    // and the save pair up: the gap between them is apt-get's install.
+    let out = envsnap_ok(store.path(), &["stats", "--json"]);
+    let j: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    let g = &j["groups"][0];
+    assert_eq!(g["group"], key, "{j}");
+    for (f, want) in [
+        ("restores", 2),
+        ("exact", 1),
+        ("misses", 1),
+        ("saves", 1),
+        ("install_samples", 1),
+    ] {
+        assert_eq!(g[f], want, "{f}: {j}");
+    }
+    assert!(g["install_seconds"].as_f64().unwrap() > 0.0, "{j}");
+    let c = rusqlite::Connection::open(store.path().join("index.sqlite")).unwrap();
+    let detail: String = c
+        .query_row("SELECT detail FROM events WHERE hit = 'exact'", [], |r| r.get(0))
+        .unwrap();
+    let detail: serde_json::Value = serde_json::from_str(&detail).unwrap();
+    assert!(detail["packages"].as_u64().unwrap() >= 1, "{detail}");
 }
 
 #[test]
