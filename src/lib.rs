@@ -10,11 +10,13 @@
 //! - [`repo`]: [`Store`], one store directory (objects + index + lock) and snapshot lookup;
 //! - [`save`]: walk, hash and ingest a tree (or a list of paths) as one snapshot;
 //! - [`restore`]: plan-then-apply restore engine with reflink/hardlink/copy link modes;
+//! - [`beneath`]: paths resolved beneath a root, never through a symlink leading out of it;
 //! - [`gc`] and [`verify`]: store maintenance; [`delete`]: dropping keys on purpose;
 //! - [`events`] and [`stats`]: one event per restore and save, and the statistics over them;
 //! - [`venv`]: virtualenv snapshots (save with per-file path notes, restore with fixups).
 
 pub mod apt;
+pub mod beneath;
 pub mod delete;
 pub mod error;
 pub mod events;

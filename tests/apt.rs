@@ -544,3 +544,241 @@ fn file_owned_by_a_foreign_package_is_a_miss() {
     std::fs::write(c.root.join("var/lib/dpkg/info/otherjq.list"), "/.\n/bin\n/bin/jq\n").unwrap();
     c.assert_restore_refused(store, 1, "otherjq 9 owns /usr/bin/jq");
 }
+
+// --- Containment: a crafted snapshot never writes or deletes outside the restore root. ---
+//
+// These cases use a minimal dpkg root (os-release, dpkg's status and info directory) instead of a
+// debootstrap chroot: the snapshots are made by `apt begin` + `save apt` from roots changed the
+// way an attacker with write access to a shared cache would (a symlink where a directory was, an
+// alternatives file naming a link `../..`), or crafted in the index directly.
+
+fn need_root() -> bool {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        skip("apt restores need root (file owners)");
+        return false;
+    }
+    true
+}
+
+struct Crafted {
+    _tmp: tempfile::TempDir,
+    store: PathBuf,
+    target: PathBuf,
+    outside: PathBuf,
+}
+
+const FAKE_STATUS: &str =
+    "Package: base-files\nStatus: install ok installed\nArchitecture: amd64\nVersion: 12.4\nDescription: x\n\n";
+
+/// A source root and a target root that is a copy of the source's base, plus a directory
+/// `outside` (beside both) holding a `victim` file. `base` prepares the source before `apt begin`,
+/// `change` makes the "install" whose delta is saved under `KEY`.
+fn crafted(base: impl Fn(&Path), change: impl Fn(&Path, &Path)) -> Crafted {
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (src, target, outside) = (
+        tmp.path().join("src"),
+        tmp.path().join("target"),
+        tmp.path().join("outside"),
+    );
+    for d in [
+        "etc/alternatives",
+        "usr/bin",
+        "var/lib/dpkg/info",
+        "var/lib/dpkg/alternatives",
+    ] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+    }
+    std::fs::write(src.join("etc/os-release"), "ID=debian\nVERSION_ID=\"12\"\n").unwrap();
+    std::fs::write(src.join("var/lib/dpkg/status"), FAKE_STATUS).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("victim"), b"keep me").unwrap();
+    base(&src);
+    let store = tmp.path().join("store");
+    envsnap_ok(&store, &["apt", "begin", src.to_str().unwrap()]);
+    ok(Command::new("cp").arg("-a").arg(&src).arg(&target));
+    change(&src, &outside);
+    envsnap_ok(&store, &["save", "apt", src.to_str().unwrap(), "--key", KEY]);
+    Crafted {
+        _tmp: tmp,
+        store,
+        target,
+        outside,
+    }
+}
+
+/// Everything under `dir`: path -> (kind, content or link target).
+fn tree_of(dir: &Path) -> BTreeMap<PathBuf, (char, Vec<u8>)> {
+    let mut m = BTreeMap::new();
+    for e in walkdir::WalkDir::new(dir).into_iter().flatten() {
+        let p = e.path();
+        let md = p.symlink_metadata().unwrap();
+        let v = if md.file_type().is_symlink() {
+            (
+                'l',
+                std::fs::read_link(p).unwrap().into_os_string().into_encoded_bytes(),
+            )
+        } else if md.is_dir() {
+            ('d', vec![])
+        } else {
+            ('f', std::fs::read(p).unwrap())
+        };
+        m.insert(p.strip_prefix(dir).unwrap().to_path_buf(), v);
+    }
+    m
+}
+
+impl Crafted {
+    /// The restore into the target exits 2 naming `entry`, and neither the target nor the
+    /// directory outside it changed.
+    fn assert_refused(&self, entry: &str) {
+        let (before_t, before_o) = (tree_of(&self.target), tree_of(&self.outside));
+        let out = envsnap(&self.store, &["restore", self.target.to_str().unwrap(), "--key", KEY]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(entry), "the error does not name {entry}: {err}");
+        assert_eq!(
+            tree_of(&self.outside),
+            before_o,
+            "the restore changed files outside its root"
+        );
+        assert_eq!(
+            tree_of(&self.target),
+            before_t,
+            "a refused restore wrote into the target"
+        );
+    }
+
+    /// Add a file entry `path` (content of `like`) to the snapshot, the way a tampered index
+    /// would carry it, and keep the manifest digest consistent with it.
+    fn add_entry(&self, path: &str, like: &str) {
+        let db = rusqlite::Connection::open(self.store.join("index.sqlite")).unwrap();
+        db.execute(
+            "INSERT INTO entries (snapshot, path, kind, mode, uid, gid, size, mtime_ns, object) \
+             SELECT snapshot, CAST(?1 AS BLOB), 0, 420, 0, 0, size, mtime_ns, object FROM entries \
+             WHERE path = CAST(?2 AS BLOB)",
+            rusqlite::params![path, like],
+        )
+        .unwrap();
+        drop(db);
+        let store = envsnap::Store::open(&self.store).unwrap();
+        let row = store.lookup(KEY, &[]).unwrap().unwrap().0;
+        let digest = store.manifest(row.id).unwrap().digest();
+        let db = rusqlite::Connection::open(self.store.join("index.sqlite")).unwrap();
+        db.execute(
+            "UPDATE snapshots SET manifest_digest = ?1 WHERE id = ?2",
+            rusqlite::params![digest, row.id],
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn a_removed_path_through_a_symlink_the_snapshot_creates_is_refused() {
+    if !need_root() {
+        return;
+    }
+    // The "install" replaced a directory by a symlink leading out of the root and "removed" the
+    // file under it: restoring would delete outside/victim through that symlink.
+    let c = crafted(
+        |src| {
+            std::fs::create_dir_all(src.join("etc/evil")).unwrap();
+            std::fs::write(src.join("etc/evil/victim"), b"x").unwrap();
+        },
+        |src, outside| {
+            std::fs::remove_dir_all(src.join("etc/evil")).unwrap();
+            std::os::unix::fs::symlink(outside, src.join("etc/evil")).unwrap();
+            std::fs::write(src.join("usr/bin/tool"), b"#!/bin/sh\n").unwrap();
+        },
+    );
+    // The target never had the directory, so nothing but the check stands in the way.
+    std::fs::remove_dir_all(c.target.join("etc/evil")).unwrap();
+    c.assert_refused("etc/evil/victim");
+    // A payload file through the snapshot's own symlink (a tampered index) is refused the same way.
+    c.add_entry("etc/evil/planted", "usr/bin/tool");
+    c.assert_refused("etc/evil/planted");
+}
+
+#[test]
+fn dpkg_state_written_through_a_symlink_the_snapshot_creates_is_refused() {
+    if !need_root() {
+        return;
+    }
+    // The snapshot turns dpkg's alternatives directory into a symlink out of the root; merging
+    // the alternatives file it "changed" would write outside/pager.
+    let c = crafted(
+        |src| {
+            std::fs::write(
+                src.join("var/lib/dpkg/alternatives/pager"),
+                "auto\n/usr/bin/pager\n\n/bin/more\n50\n\n",
+            )
+            .unwrap();
+        },
+        |src, outside| {
+            std::fs::write(outside.join("pager"), "auto\n/usr/bin/pager\n\n/bin/less\n77\n\n").unwrap();
+            std::fs::remove_dir_all(src.join("var/lib/dpkg/alternatives")).unwrap();
+            std::os::unix::fs::symlink(outside, src.join("var/lib/dpkg/alternatives")).unwrap();
+        },
+    );
+    c.assert_refused("var/lib/dpkg/alternatives/pager");
+}
+
+#[test]
+fn an_alternatives_link_name_that_climbs_out_of_the_root_is_refused() {
+    if !need_root() {
+        return;
+    }
+    // An admin file whose slave link is named `../../../outside/pwned`: update-alternatives would
+    // never write one; merging it onto a target whose group differs would create that link.
+    let admin = |prio: u32| {
+        format!("auto\n/usr/bin/foo\n../../../outside/pwned\n/usr/bin/foo-slave\n\n/usr/bin/foo.a\n{prio}\n/usr/bin/foo-slave.a\n\n")
+    };
+    let c = crafted(
+        |src| std::fs::write(src.join("var/lib/dpkg/alternatives/foo"), admin(10)).unwrap(),
+        |src, _| std::fs::write(src.join("var/lib/dpkg/alternatives/foo"), admin(20)).unwrap(),
+    );
+    // The target's group has another choice, so the merge re-points every link of the group.
+    std::fs::write(
+        c.target.join("var/lib/dpkg/alternatives/foo"),
+        "auto\n/usr/bin/foo\n../../../outside/pwned\n/usr/bin/foo-slave\n\n/usr/bin/foo.a\n30\n/usr/bin/foo-slave.a\n/usr/bin/foo.b\n40\n/usr/bin/foo-slave.b\n\n",
+    )
+    .unwrap();
+    c.assert_refused("../../../outside/pwned");
+    assert!(!c.outside.join("pwned").exists());
+}
+
+#[test]
+fn target_symlinks_leading_out_of_the_root_are_never_followed() {
+    if !need_root() {
+        return;
+    }
+    // The snapshot adds etc/evil/conf; on the target etc/evil is a symlink out of the root (left
+    // by an earlier poisoned restore, or planted): absolute, or relative climbing out.
+    let make = || {
+        crafted(
+            |_| {},
+            |src, _| {
+                std::fs::create_dir_all(src.join("etc/evil")).unwrap();
+                std::fs::write(src.join("etc/evil/conf"), b"c").unwrap();
+            },
+        )
+    };
+    let c = make();
+    std::os::unix::fs::symlink(&c.outside, c.target.join("etc/evil")).unwrap();
+    c.assert_refused("etc/evil");
+    let c = make();
+    std::os::unix::fs::symlink("../../outside", c.target.join("etc/evil")).unwrap();
+    c.assert_refused("etc/evil");
+    // dpkg's own directory through such a symlink: not even its lock files are created outside.
+    let c = make();
+    std::fs::rename(c.target.join("var/lib/dpkg"), c.outside.join("dpkg")).unwrap();
+    std::os::unix::fs::symlink(c.outside.join("dpkg"), c.target.join("var/lib/dpkg")).unwrap();
+    c.assert_refused("var/lib/dpkg");
+    // Control: a symlink that stays in the root (merged-/usr style) is followed as before.
+    let c = make();
+    std::fs::create_dir_all(c.target.join("usr/share/evil")).unwrap();
+    std::os::unix::fs::symlink("../usr/share/evil", c.target.join("etc/evil")).unwrap();
+    envsnap_ok(&c.store, &["restore", c.target.to_str().unwrap(), "--key", KEY]);
+    assert_eq!(std::fs::read(c.target.join("usr/share/evil/conf")).unwrap(), b"c");
+    assert_eq!(std::fs::read(c.outside.join("victim")).unwrap(), b"keep me");
+}

@@ -3,25 +3,19 @@
 //! `var/lib/dpkg/lock` (the database lock dpkg holds). fcntl locks are released when the fd
 //! closes, i.e. also when the process is killed.
 
+use crate::beneath::{Dir, Root, Symlinks};
 use crate::error::{Error, IoContext, Result};
 use std::fs::File;
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
-use std::path::Path;
 
 pub struct DpkgLocks {
     _files: Vec<File>,
 }
 
-fn lock_one(path: &Path) -> Result<File> {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o640)
-        .open(path)
-        .at("open", path)?;
+fn lock_one(dir: &Dir, name: &str) -> Result<File> {
+    let path = dir.display(name.as_bytes());
+    // Beneath ROOT and never through a symlink: a lock file is created if missing.
+    let f = dir.open_rw(name.as_bytes(), 0o640).at("open", &path)?;
     // SAFETY: flock is plain data; zeroed is a valid value before we set the fields.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     fl.l_type = libc::F_WRLCK as _;
@@ -44,9 +38,9 @@ fn lock_one(path: &Path) -> Result<File> {
 }
 
 /// Take `lock-frontend` then `lock` under ROOT; held until the value is dropped.
-pub fn lock(root: &Path) -> Result<DpkgLocks> {
-    let d = root.join("var/lib/dpkg");
-    let a = lock_one(&d.join("lock-frontend"))?;
-    let b = lock_one(&d.join("lock"))?;
+pub fn lock(root: &Root) -> Result<DpkgLocks> {
+    let d = root.dir(b"var/lib/dpkg", Symlinks::Beneath)?;
+    let a = lock_one(&d, "lock-frontend")?;
+    let b = lock_one(&d, "lock")?;
     Ok(DpkgLocks { _files: vec![a, b] })
 }

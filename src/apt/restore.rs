@@ -19,12 +19,13 @@ use super::delta::SharedChange;
 use super::dpkg;
 use super::merge::{self, Class};
 use super::AptMeta;
+use crate::beneath::{self, Dir, Root, Symlinks};
 use crate::error::{Error, IoContext, Result};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -95,7 +96,8 @@ fn owners(root: &Path, paths: &HashSet<String>) -> Result<BTreeMap<String, Vec<S
 }
 
 /// The compatibility rule (see docs/apt.md). Returns the conflicts, empty when compatible.
-pub fn check_compat(meta: &AptMeta, manifest: &Manifest, root: &Path) -> Result<Vec<String>> {
+pub fn check_compat(meta: &AptMeta, manifest: &Manifest, rootd: &Root) -> Result<Vec<String>> {
+    let root = rootd.path();
     let mut conflicts = Vec::new();
     let sid = os_id(&meta.os_release);
     let tid = os_id(&super::baseline::os_release(root));
@@ -170,10 +172,10 @@ pub fn check_compat(meta: &AptMeta, manifest: &Manifest, root: &Path) -> Result<
         }
     }
     conflicts.extend(bad);
-    conflicts.extend(missing_dependencies(meta, root)?);
+    conflicts.extend(missing_dependencies(meta, rootd)?);
     // Users and groups the snapshot adds must not take an id the target gives another name.
     for sc in meta.shared.iter().filter(|s| s.class == Class::ColonLines) {
-        let theirs = read_opt(&root.join(&sc.path))?.unwrap_or_default();
+        let theirs = read_opt(rootd, &sc.path)?.unwrap_or_default();
         conflicts.extend(merge::id_conflicts(&sc.path, &theirs, &sc.ops));
     }
     Ok(conflicts)
@@ -221,7 +223,7 @@ fn parse_dep(alt: &str) -> (String, Option<(String, String)>) {
 /// Dependencies (Depends, Pre-Depends) of the snapshot's packages that neither the snapshot nor
 /// the target provides: on the source they came from the snapshot's base, which the restore does
 /// not write, so restoring would record packages as installed with unmet dependencies.
-fn missing_dependencies(meta: &AptMeta, root: &Path) -> Result<Vec<String>> {
+fn missing_dependencies(meta: &AptMeta, rootd: &Root) -> Result<Vec<String>> {
     let Some(status) = meta.shared.iter().find(|s| s.path == "var/lib/dpkg/status") else {
         return Ok(Vec::new());
     };
@@ -232,7 +234,7 @@ fn missing_dependencies(meta: &AptMeta, root: &Path) -> Result<Vec<String>> {
         .flat_map(|(_, t)| dpkg::parse_stanzas(t))
         .filter(dpkg::is_present)
         .collect();
-    let target_text = read_opt(&root.join("var/lib/dpkg/status"))?.unwrap_or_default();
+    let target_text = read_opt(rootd, "var/lib/dpkg/status")?.unwrap_or_default();
     let target: Vec<dpkg::Stanza> = dpkg::parse_stanzas(&target_text)
         .into_iter()
         .filter(dpkg::is_present)
@@ -320,22 +322,20 @@ pub fn restore(
         )));
     }
     let manifest = store.manifest(snap.id)?;
-    // Whatever the index says, nothing may be written outside ROOT.
-    manifest.validate_paths(&snap.key)?;
-    for rel in meta.removed_paths.iter().chain(meta.shared.iter().map(|s| &s.path)) {
-        crate::snapshot::check_rel_path(rel.as_bytes())
-            .map_err(|why| Error::Other(format!("apt snapshot '{}': refusing path {rel:?}: {why}", snap.key)))?;
-    }
-    if let Some(s) = meta.shared.iter().find(|s| merge::class_of(&s.path) != Some(s.class)) {
-        return Err(Error::Other(format!(
-            "apt snapshot '{}': {} is not a shared state file",
-            snap.key, s.path
-        )));
-    }
+    // Whatever the index says, nothing may be written outside ROOT: the snapshot's own paths
+    // first (never through a symlink it creates), then the target's (never through a symlink
+    // leading out of ROOT), before anything is written.
+    check_snapshot_paths(&snap.key, &meta, &manifest)?;
+    let rootd = Root::open(&root)?;
+    preflight(&rootd, &meta, &manifest)?;
     // dpkg's locks before reading its database: the check must see the state the restore writes
     // over (a dry run only reads, and takes none).
-    let locks = if dry_run { None } else { Some(super::lock::lock(&root)?) };
-    let conflicts = check_compat(&meta, &manifest, &root)?;
+    let locks = if dry_run {
+        None
+    } else {
+        Some(super::lock::lock(&rootd)?)
+    };
+    let conflicts = check_compat(&meta, &manifest, &rootd)?;
     if !conflicts.is_empty() {
         return Err(Error::Miss(format!(
             "apt snapshot '{}' does not fit {}: {}",
@@ -379,21 +379,129 @@ pub fn restore(
     } else {
         opts.link
     };
-    rep.link = place_payload(store, &manifest, &root, link)?;
-    rep.removed = remove_paths(&meta, &root)?;
+    rep.link = place_payload(store, &manifest, &rootd, link)?;
+    rep.removed = remove_paths(&meta, &rootd)?;
     // status last: see the module comment.
     let (status, rest): (Vec<&SharedChange>, Vec<&SharedChange>) =
         meta.shared.iter().partition(|s| s.path == "var/lib/dpkg/status");
     for sc in rest.into_iter().chain(status) {
-        merge_one(sc, &root)?;
+        merge_one(sc, &rootd)?;
     }
     ldconfig(&root)?;
     rep.seconds = t0.elapsed().as_secs_f64();
     Ok(rep)
 }
 
-fn abs(root: &Path, rel: &[u8]) -> PathBuf {
-    root.join(std::ffi::OsStr::from_bytes(rel))
+/// The paths the snapshot names, checked against the snapshot itself before anything is read or
+/// written: payload entries only under directory entries of the snapshot (so never through a
+/// symlink it creates), removed paths and shared state files clean and not under a symlink or
+/// file of the snapshot, and alternatives' link names plain file names.
+fn check_snapshot_paths(key: &str, meta: &AptMeta, manifest: &Manifest) -> Result<()> {
+    manifest.validate_tree(key)?;
+    let refuse = |path: &str, why: &'static str| Error::UnsafeEntry {
+        key: key.to_string(),
+        path: path.to_string(),
+        why,
+    };
+    let under_non_dir = |rel: &str| {
+        let mut p = rel.as_bytes();
+        while let Some(i) = p.iter().rposition(|&c| c == b'/') {
+            p = &p[..i];
+            if manifest.get(p).is_some_and(|e| e.kind != EntryKind::Dir) {
+                return true;
+            }
+        }
+        false
+    };
+    for rel in meta.removed_paths.iter().chain(meta.shared.iter().map(|s| &s.path)) {
+        crate::snapshot::check_rel_path(rel.as_bytes()).map_err(|why| refuse(rel, why))?;
+        if under_non_dir(rel) {
+            return Err(refuse(rel, "it lies under a symlink or file the snapshot creates"));
+        }
+    }
+    for sc in meta.shared.iter().filter(|s| s.class == Class::Alternatives) {
+        let name = sc.path.rsplit('/').next().unwrap_or_default();
+        let slaves = sc
+            .ours
+            .as_deref()
+            .and_then(merge::parse_alt)
+            .map(|a| a.slaves)
+            .unwrap_or_default();
+        for n in std::iter::once(name).chain(slaves.iter().map(|(n, _)| n.as_str())) {
+            let link = format!("etc/alternatives/{n}");
+            if !is_plain_name(n) {
+                return Err(refuse(&link, "an alternatives link name must be a plain file name"));
+            }
+            if under_non_dir(&link)
+                || manifest
+                    .get(b"etc/alternatives")
+                    .is_some_and(|e| e.kind != EntryKind::Dir)
+            {
+                return Err(refuse(&link, "it lies under a symlink or file the snapshot creates"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn is_plain_name(n: &str) -> bool {
+    !n.is_empty() && n != "." && n != ".." && !n.contains('/') && !n.contains('\0')
+}
+
+/// Resolve, before anything is written, every directory the restore will write in (or the
+/// deepest part of it that exists): a symlink on the target that leads out of ROOT is refused
+/// here, so such a restore writes nothing at all.
+fn preflight(rootd: &Root, meta: &AptMeta, manifest: &Manifest) -> Result<()> {
+    let mut dirs: BTreeSet<Vec<u8>> = BTreeSet::new();
+    for e in &manifest.entries {
+        dirs.insert(beneath::split(&e.path).0.to_vec());
+        if e.kind == EntryKind::Dir {
+            dirs.insert(e.path.clone());
+        }
+    }
+    for rel in meta.removed_paths.iter().chain(meta.shared.iter().map(|s| &s.path)) {
+        dirs.insert(beneath::split(rel.as_bytes()).0.to_vec());
+    }
+    dirs.insert(b"var/lib/dpkg".to_vec());
+    dirs.insert(b"etc/alternatives".to_vec());
+    let mut ok: HashSet<Vec<u8>> = HashSet::new();
+    for d in dirs {
+        let mut p: &[u8] = &d;
+        loop {
+            if ok.contains(p) {
+                break;
+            }
+            match rootd.dir_io(p, Symlinks::Beneath) {
+                Ok(_) => {
+                    ok.insert(p.to_vec());
+                    break;
+                }
+                // Created (or a file replaced by a directory) by the restore: check what exists.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) && !p.is_empty() => {
+                    p = beneath::split(p).0;
+                }
+                Err(e) => return Err(rootd.error(p, e)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `mkdir -p` beneath ROOT (new directories 0755 root:root, as dpkg's database directories).
+fn mkdir_all(rootd: &Root, rel: &[u8]) -> Result<Dir> {
+    match rootd.dir_io(rel, Symlinks::Beneath) {
+        Ok(d) => return Ok(d),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) && !rel.is_empty() => {}
+        Err(e) => return Err(rootd.error(rel, e)),
+    }
+    let (parent, name) = beneath::split(rel);
+    let pd = mkdir_all(rootd, parent)?;
+    match pd.mkdir(name, 0o755) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(Error::io("create directory", pd.display(name), e)),
+    }
+    rootd.dir(rel, Symlinks::Beneath)
 }
 
 /// Test hook: `ENVSNAP_TEST_ABORT_AFTER_FILES=N` makes the process exit with status 137 (as if
@@ -405,11 +513,10 @@ fn abort_after_files() -> Option<u64> {
 
 /// Remove temporary names (`.<name>.envsnap-<pid>-…`) that a killed restore (its pid is gone)
 /// left in `dir`. Only names with that shape are looked at.
-fn remove_stale_temps(dir: &Path) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
-    for e in rd.flatten() {
-        let name = e.file_name();
-        let Some(name) = name.to_str() else { continue };
+fn remove_stale_temps(dir: &Dir) {
+    let Ok(names) = dir.names() else { return };
+    for name in names {
+        let Ok(name) = String::from_utf8(name) else { continue };
         if !name.starts_with('.') {
             continue;
         }
@@ -430,66 +537,65 @@ fn remove_stale_temps(dir: &Path) {
         if alive {
             continue;
         }
-        let p = e.path();
-        match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.is_dir() => {
-                let _ = crate::restore::remove_tree(&p);
+        match dir.lstat(name.as_bytes()) {
+            Ok(Some(st)) if st.kind == beneath::Kind::Dir => {
+                // remove_dir_all never follows symlinks inside the tree it removes.
+                let _ = crate::restore::remove_tree(&dir.fd_path(name.as_bytes()));
             }
-            Ok(_) => {
-                let _ = std::fs::remove_file(&p);
+            Ok(Some(_)) => {
+                let _ = dir.unlink(name.as_bytes());
             }
-            Err(_) => {}
+            _ => {}
         }
     }
 }
 
 /// Place files, symlinks and directories; returns the link mode actually used for files.
-fn place_payload(store: &Store, manifest: &Manifest, root: &Path, link: LinkMode) -> Result<String> {
+fn place_payload(store: &Store, manifest: &Manifest, rootd: &Root, link: LinkMode) -> Result<String> {
     // Leftovers of a killed restore, in the directories this one writes to.
-    let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut dirs: BTreeSet<&[u8]> = BTreeSet::new();
     for e in &manifest.entries {
-        if let Some(d) = abs(root, &e.path).parent() {
-            dirs.insert(d.to_path_buf());
-        }
+        dirs.insert(beneath::split(&e.path).0);
     }
     for d in &dirs {
-        remove_stale_temps(d);
+        if let Ok(d) = rootd.dir_io(d, Symlinks::Beneath) {
+            remove_stale_temps(&d);
+        }
     }
     // Directories first, in path order so parents precede children. An existing directory (or a
-    // symlink to one, e.g. merged-/usr `/lib`) is kept; only its mode/owner are set here, the
-    // rest of its attributes once its contents are in place (see below).
-    let mut placed_dirs: Vec<(&Entry, PathBuf)> = Vec::new();
+    // symlink to one beneath ROOT, e.g. merged-/usr `/lib`) is kept; only its mode/owner are set
+    // here, the rest of its attributes once its contents are in place (see below).
+    let mut placed_dirs: Vec<&Entry> = Vec::new();
     for e in manifest.entries.iter().filter(|e| e.kind == EntryKind::Dir) {
-        let p = abs(root, &e.path);
-        match std::fs::metadata(&p) {
-            Ok(m) if m.is_dir() => {
-                if std::fs::symlink_metadata(&p)
-                    .map(|l| l.file_type().is_symlink())
-                    .unwrap_or(false)
-                {
-                    continue;
-                }
-                placed_dirs.push((e, p.clone()));
-                if m.mode() & 0o7777 == e.mode && m.uid() == e.uid && m.gid() == e.gid {
+        let (parent, name) = rootd.parent(&e.path, Symlinks::Beneath)?;
+        let here = parent.display(name);
+        match parent.lstat(name)? {
+            Some(st) if st.kind == beneath::Kind::Dir => {
+                placed_dirs.push(e);
+                if st.mode == e.mode && st.uid == e.uid && st.gid == e.gid {
                     continue;
                 }
             }
-            Ok(_) => {
-                std::fs::remove_file(&p).at("remove", &p)?;
-                std::fs::create_dir(&p).at("create directory", &p)?;
-                placed_dirs.push((e, p.clone()));
+            Some(st) if st.kind == beneath::Kind::Symlink && rootd.dir_io(&e.path, Symlinks::Beneath).is_ok() => {
+                continue;
             }
-            Err(_) => {
-                match std::fs::create_dir(&p) {
+            Some(_) => {
+                parent.unlink(name).at("remove", &here)?;
+                parent.mkdir(name, 0o700).at("create directory", &here)?;
+                placed_dirs.push(e);
+            }
+            None => {
+                match parent.mkdir(name, 0o700) {
                     Ok(()) => {}
                     Err(er) if er.kind() == std::io::ErrorKind::AlreadyExists => {}
-                    Err(er) => return Err(Error::io("create directory", &p, er)),
+                    Err(er) => return Err(Error::io("create directory", &here, er)),
                 }
-                placed_dirs.push((e, p.clone()));
+                placed_dirs.push(e);
             }
         }
-        std::os::unix::fs::lchown(&p, Some(e.uid), Some(e.gid)).at("chown", &p)?;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(e.mode)).at("chmod", &p)?;
+        // Owner before mode: chown clears setgid bits (`/var/log/redis` is 2750).
+        parent.lchown(name, e.uid, e.gid).at("chown", &here)?;
+        parent.chmod(name, e.mode).at("chmod", &here)?;
     }
     let others: Vec<&Entry> = manifest.entries.iter().filter(|e| e.kind != EntryKind::Dir).collect();
     let abort_after = abort_after_files();
@@ -503,68 +609,75 @@ fn place_payload(store: &Store, manifest: &Manifest, root: &Path, link: LinkMode
         .map_err(|e| Error::Other(format!("thread pool: {e}")))?;
     pool.install(|| {
         others.par_iter().try_for_each(|e| -> Result<()> {
-            let p = abs(root, &e.path);
+            let (parent, name) = rootd.parent(&e.path, Symlinks::Beneath)?;
             // A directory where the snapshot has a file: only replace it when empty.
-            if let Ok(m) = std::fs::symlink_metadata(&p) {
-                if m.is_dir() {
-                    std::fs::remove_dir(&p).at("remove directory", &p)?;
-                }
+            if parent.lstat(name)?.is_some_and(|st| st.kind == beneath::Kind::Dir) {
+                parent.rmdir(name).at("remove directory", parent.display(name))?;
             }
             match e.kind {
                 EntryKind::File => {
-                    link_stats.record(crate::restore::place_file(store, e, &p, link, true)?);
+                    // The path names the open directory itself (`/proc/self/fd/N/name`), so the
+                    // file lands exactly there; the final name is replaced by rename, not followed.
+                    let used = crate::restore::place_file(store, e, &parent.fd_path(name), link, true)
+                        .map_err(|er| parent.fix_error(er))?;
+                    link_stats.record(used);
                     let n = placed.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                     if abort_after == Some(n) {
                         std::process::exit(137);
                     }
                     Ok(())
                 }
-                EntryKind::Symlink => place_symlink(e, &p),
+                EntryKind::Symlink => place_symlink(e, &parent, name),
                 EntryKind::Dir => Ok(()),
             }
         })
     })?;
     // Directory mtimes (and xattrs) last, deepest first: placing entries changes the mtime of
     // their parent.
-    placed_dirs.sort_by(|a, b| b.0.path.cmp(&a.0.path));
-    for (e, p) in placed_dirs {
-        crate::restore::apply_attrs(&p, e, true)?;
+    placed_dirs.sort_by(|a, b| b.path.cmp(&a.path));
+    for e in placed_dirs {
+        let (parent, name) = rootd.parent(&e.path, Symlinks::Beneath)?;
+        // Checked just before use: a directory, not a symlink, so the path-based calls below
+        // act on it and nothing else.
+        if !parent.lstat(name)?.is_some_and(|st| st.kind == beneath::Kind::Dir) {
+            return Err(Error::Other(format!(
+                "{}: no longer a directory during the restore",
+                parent.display(name).display()
+            )));
+        }
+        crate::restore::apply_attrs(&parent.fd_path(name), e, true).map_err(|er| parent.fix_error(er))?;
     }
     Ok(link_stats.summary())
 }
 
-fn place_symlink(e: &Entry, p: &Path) -> Result<()> {
+fn place_symlink(e: &Entry, dir: &Dir, name: &[u8]) -> Result<()> {
     let target = e.target.as_deref().unwrap_or_default();
-    if let Ok(cur) = std::fs::read_link(p) {
-        if cur.as_os_str().as_bytes() == target {
+    if let Ok(cur) = dir.read_link(name) {
+        if cur == target {
             return Ok(());
         }
     }
-    let dir = p.parent().expect("payload path has a parent");
-    let name = p
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.envsnap-{}-link", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &tmp).at("create symlink", &tmp)?;
-    std::os::unix::fs::lchown(&tmp, Some(e.uid), Some(e.gid)).at("chown", &tmp)?;
+    let tmp = format!(".{}.envsnap-{}-link", String::from_utf8_lossy(name), std::process::id());
+    let tmp = tmp.as_bytes();
+    let _ = dir.unlink(tmp);
+    dir.symlink(target, tmp).at("create symlink", dir.display(tmp))?;
+    dir.lchown(tmp, e.uid, e.gid).at("chown", dir.display(tmp))?;
     let t = filetime::FileTime::from_unix_time(
         e.mtime_ns.div_euclid(1_000_000_000),
         e.mtime_ns.rem_euclid(1_000_000_000) as u32,
     );
-    filetime::set_symlink_file_times(&tmp, t, t).at("set mtime of", &tmp)?;
-    std::fs::rename(&tmp, p).at("rename into place", p)
+    filetime::set_symlink_file_times(dir.fd_path(tmp), t, t).at("set mtime of", dir.display(tmp))?;
+    dir.rename(tmp, name).at("rename into place", dir.display(name))
 }
 
 /// Remove what the install removed, unless a target package the snapshot knows nothing about
 /// owns it (drifted target).
-fn remove_paths(meta: &AptMeta, root: &Path) -> Result<u64> {
+fn remove_paths(meta: &AptMeta, rootd: &Root) -> Result<u64> {
     if meta.removed_paths.is_empty() {
         return Ok(0);
     }
     let q: HashSet<String> = meta.removed_paths.iter().map(|p| format!("/{p}")).collect();
-    let owners = owners(root, &q)?;
+    let owners = owners(rootd.path(), &q)?;
     let ours = meta.own_package_names();
     let base: HashSet<&str> = meta.base_packages.iter().map(|p| p.name.as_str()).collect();
     let mut n = 0;
@@ -579,74 +692,93 @@ fn remove_paths(meta: &AptMeta, root: &Path) -> Result<u64> {
         if foreign {
             continue;
         }
-        let p = root.join(rel);
-        let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
-        let r = if m.is_dir() {
-            std::fs::remove_dir(&p)
-        } else {
-            std::fs::remove_file(&p)
+        let (dir, name) = beneath::split(rel.as_bytes());
+        let parent = match rootd.dir_io(dir, Symlinks::Beneath) {
+            Ok(d) => d,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => continue,
+            Err(e) => return Err(rootd.error(rel.as_bytes(), e)),
         };
-        match r {
-            Ok(()) => n += 1,
+        let Some(st) = parent.lstat(name)? else { continue };
+        if st.kind == beneath::Kind::Dir {
             // A directory that still has the target's files stays.
-            Err(e) if m.is_dir() => {
-                let _ = e;
+            if parent.rmdir(name).is_ok() {
+                n += 1;
             }
-            Err(e) => return Err(Error::io("read", &p, e)),
+            continue;
         }
+        parent.unlink(name).at("remove", parent.display(name))?;
+        n += 1;
     }
     Ok(n)
 }
 
-/// Write `text` over `p` atomically, keeping the target's mode/owner when it had the file.
-fn write_atomic(p: &Path, text: &[u8], mode: u32, uid: u32, gid: u32) -> Result<()> {
-    let (mode, uid, gid) = match std::fs::metadata(p) {
-        Ok(m) => (m.mode() & 0o7777, m.uid(), m.gid()),
-        Err(_) => (mode, uid, gid),
+/// Write `text` over ROOT/`rel` atomically, keeping the target's mode/owner when it had the file.
+fn write_atomic(rootd: &Root, rel: &str, text: &[u8], mode: u32, uid: u32, gid: u32) -> Result<()> {
+    let (dir, name) = beneath::split(rel.as_bytes());
+    let d = mkdir_all(rootd, dir)?;
+    let (mode, uid, gid) = match d.lstat(name)? {
+        Some(st) if st.kind == beneath::Kind::File => (st.mode, st.uid, st.gid),
+        _ => (mode, uid, gid),
     };
-    let dir = p.parent().expect("state file has a parent");
-    std::fs::create_dir_all(dir).at("create directory", dir)?;
-    remove_stale_temps(dir);
-    let name = p
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    remove_stale_temps(&d);
+    let sname = String::from_utf8_lossy(name);
     let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}.envsnap-{}-", std::process::id()))
-        .tempfile_in(dir)
-        .at("create temporary file in", dir)?;
-    tmp.write_all(text).at("write", p)?;
-    let tp = tmp.path().to_path_buf();
-    std::os::unix::fs::chown(&tp, Some(uid), Some(gid)).at("chown", &tp)?;
-    std::fs::set_permissions(&tp, std::fs::Permissions::from_mode(mode)).at("chmod", &tp)?;
-    tmp.persist(p).map_err(|e| Error::io("rename into place", p, e.error))?;
-    Ok(())
+        .prefix(&format!(".{sname}.envsnap-{}-", std::process::id()))
+        .tempfile_in(d.fd_path(b""))
+        .at("create temporary file in", d.path())?;
+    tmp.write_all(text).at("write", d.display(name))?;
+    let f = tmp.as_file();
+    std::os::unix::fs::fchown(f, Some(uid), Some(gid)).at("chown", d.display(name))?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .at("chmod", d.display(name))?;
+    let tname = tmp
+        .path()
+        .file_name()
+        .map(|n| n.as_bytes().to_vec())
+        .unwrap_or_default();
+    // Renamed through the directory's descriptor; the temporary file is ours from here on.
+    let (_, tpath) = tmp.keep().map_err(|e| Error::io("keep", d.display(name), e.error))?;
+    d.rename(&tname, name)
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tpath);
+        })
+        .at("rename into place", d.display(name))
 }
 
-fn read_opt(p: &Path) -> Result<Option<String>> {
-    match std::fs::read(p) {
-        Ok(b) => String::from_utf8(b)
+/// A shared state file of ROOT as text (`None` when absent); a symlink there is an error.
+fn read_opt(rootd: &Root, rel: &str) -> Result<Option<String>> {
+    let (dir, name) = beneath::split(rel.as_bytes());
+    let d = match rootd.dir_io(dir, Symlinks::Beneath) {
+        Ok(d) => d,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(rootd.error(rel.as_bytes(), e)),
+    };
+    match d.read(name)? {
+        None => Ok(None),
+        Some(b) => String::from_utf8(b)
             .map(Some)
-            .map_err(|_| Error::Other(format!("{}: shared state file is not UTF-8", p.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io("read", p, e)),
+            .map_err(|_| Error::Other(format!("{}: shared state file is not UTF-8", d.display(name).display()))),
     }
 }
 
-fn merge_one(sc: &SharedChange, root: &Path) -> Result<()> {
-    let p = root.join(&sc.path);
-    let theirs = read_opt(&p)?;
+fn merge_one(sc: &SharedChange, rootd: &Root) -> Result<()> {
+    let theirs = read_opt(rootd, &sc.path)?;
     if sc.class != Class::Alternatives {
         let merged = merge::apply(&sc.path, sc.class, theirs.as_deref().unwrap_or(""), &sc.ops);
         if theirs.as_deref() != Some(merged.as_str()) {
-            write_atomic(&p, merged.as_bytes(), sc.mode, sc.uid, sc.gid)?;
+            write_atomic(rootd, &sc.path, merged.as_bytes(), sc.mode, sc.uid, sc.gid)?;
         }
         return Ok(());
     }
     let merged = merge::merge_alternatives(sc.base.as_deref(), sc.ours.as_deref(), theirs.as_deref());
     match &merged {
-        Some(m) if theirs.as_deref() != Some(m.as_str()) => write_atomic(&p, m.as_bytes(), sc.mode, sc.uid, sc.gid)?,
-        None if theirs.is_some() => std::fs::remove_file(&p).at("remove", &p)?,
+        Some(m) if theirs.as_deref() != Some(m.as_str()) => {
+            write_atomic(rootd, &sc.path, m.as_bytes(), sc.mode, sc.uid, sc.gid)?
+        }
+        None if theirs.is_some() => {
+            let (parent, name) = rootd.parent(sc.path.as_bytes(), Symlinks::Beneath)?;
+            parent.unlink(name).at("remove", parent.display(name))?
+        }
         _ => {}
     }
     // The payload already carries the snapshot's /etc/alternatives links; they are only right
@@ -658,37 +790,44 @@ fn merge_one(sc: &SharedChange, root: &Path) -> Result<()> {
         return Ok(());
     };
     let name = sc.path.rsplit('/').next().unwrap_or_default();
-    let etc = root.join("etc/alternatives");
-    let cur = std::fs::read_link(etc.join(name))
+    let etc = mkdir_all(rootd, b"etc/alternatives")?;
+    let cur = etc
+        .read_link(name.as_bytes())
         .ok()
-        .map(|p| p.to_string_lossy().into_owned());
+        .map(|p| String::from_utf8_lossy(&p).into_owned());
     let Some(choice) = alt.selected(cur.as_deref()) else {
         return Ok(());
     };
-    set_link(&etc.join(name), Some(&choice.path))?;
+    set_link(&etc, name, Some(&choice.path))?;
     for (sname, _) in &alt.slaves {
-        set_link(&etc.join(sname), choice.slaves.get(sname).map(String::as_str))?;
+        set_link(&etc, sname, choice.slaves.get(sname).map(String::as_str))?;
     }
     Ok(())
 }
 
-fn set_link(p: &Path, target: Option<&str>) -> Result<()> {
-    let name = p
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    if let Some(dir) = p.parent() {
-        remove_stale_temps(dir);
+/// Point `/etc/alternatives/<name>` at `target` (or remove it). Names come from admin files (the
+/// snapshot's or the target's): anything but a plain file name is refused.
+fn set_link(etc: &Dir, name: &str, target: Option<&str>) -> Result<()> {
+    if !is_plain_name(name) {
+        return Err(Error::Other(format!(
+            "refusing alternatives link {name:?} in {}: not a plain file name",
+            etc.path().display()
+        )));
     }
-    let tmp = p.with_file_name(format!(".{name}.envsnap-{}-link", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
+    remove_stale_temps(etc);
+    let tmp = format!(".{name}.envsnap-{}-link", std::process::id());
+    let _ = etc.unlink(tmp.as_bytes());
     match target {
         Some(t) => {
-            std::os::unix::fs::symlink(t, &tmp).at("create symlink", &tmp)?;
-            std::fs::rename(&tmp, p).at("rename into place", p)
+            etc.symlink(t.as_bytes(), tmp.as_bytes())
+                .at("create symlink", etc.display(tmp.as_bytes()))?;
+            etc.rename(tmp.as_bytes(), name.as_bytes())
+                .at("rename into place", etc.display(name.as_bytes()))
         }
-        None => match std::fs::remove_file(p) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("read", p, e)),
+        None => match etc.unlink(name.as_bytes()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io("remove", etc.display(name.as_bytes()), e))
+            }
             _ => Ok(()),
         },
     }
