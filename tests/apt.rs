@@ -650,25 +650,22 @@ impl Crafted {
     }
 
     /// Add a file entry `path` (content of `like`) to the snapshot, the way a tampered index
-    /// would carry it, and keep the manifest digest consistent with it.
+    /// would carry it: through the library, so the rows carry valid digests (anyone who can
+    /// write the index can compute them).
     fn add_entry(&self, path: &str, like: &str) {
-        let db = rusqlite::Connection::open(self.store.join("index.sqlite")).unwrap();
-        db.execute(
-            "INSERT INTO entries (snapshot, path, kind, mode, uid, gid, size, mtime_ns, object) \
-             SELECT snapshot, CAST(?1 AS BLOB), 0, 420, 0, 0, size, mtime_ns, object FROM entries \
-             WHERE path = CAST(?2 AS BLOB)",
-            rusqlite::params![path, like],
-        )
-        .unwrap();
-        drop(db);
-        let store = envsnap::Store::open(&self.store).unwrap();
-        let row = store.lookup(KEY, &[]).unwrap().unwrap().0;
-        let digest = store.manifest(row.id).unwrap().digest();
-        let db = rusqlite::Connection::open(self.store.join("index.sqlite")).unwrap();
-        db.execute(
-            "UPDATE snapshots SET manifest_digest = ?1 WHERE id = ?2",
-            rusqlite::params![digest, row.id],
-        )
+        let mut idx = envsnap::index::Index::open(&self.store.join("index.sqlite")).unwrap();
+        let row = idx.get(KEY).unwrap().unwrap();
+        let mut m = idx.manifest(row.id).unwrap();
+        let mut e = m.get(like.as_bytes()).unwrap().clone();
+        e.path = path.as_bytes().to_vec();
+        m.entries.push(e);
+        m.entries.sort_by(|a, b| a.path.cmp(&b.path));
+        idx.commit_snapshot(envsnap::index::NewSnapshot {
+            row: &row,
+            manifest: &m,
+            statcache: &Default::default(),
+            objects: &[],
+        })
         .unwrap();
     }
 }
