@@ -38,6 +38,12 @@ pub struct GcReport {
     /// Bytes of objects left in the store.
     pub store_bytes: u64,
     pub removed_temp_files: u64,
+    /// Staging directories of killed restores (found through `<store>/restores/`), removed.
+    pub removed_staging: Vec<std::path::PathBuf>,
+    /// Destinations whose old tree a killed `restore --force` had moved aside, put back.
+    pub recovered_trees: Vec<std::path::PathBuf>,
+    /// Old trees kept because their destination exists again: the user's to delete.
+    pub kept_old_trees: Vec<std::path::PathBuf>,
 }
 
 pub fn gc(store: &Store, opts: &GcOptions) -> Result<GcReport> {
@@ -141,5 +147,11 @@ pub fn gc(store: &Store, opts: &GcOptions) -> Result<GcReport> {
             }
         }
     }
+    // What killed restores left beside their destinations (never an old tree that may be the
+    // only copy: see `restore::staging`).
+    let left = crate::restore::staging::clean_recorded(store.root());
+    report.removed_staging = left.removed;
+    report.recovered_trees = left.recovered;
+    report.kept_old_trees = left.kept;
     Ok(report)
 }

@@ -753,49 +753,6 @@ fn ownership_is_restored_when_running_as_root() {
     assert_eq!(got, want);
 }
 
-/// A tmpfs mounted for the length of a test (root only).
-struct Mount(std::path::PathBuf);
-
-impl Mount {
-    fn tmpfs(at: &Path, opts: &str) -> Mount {
-        fs::create_dir_all(at).unwrap();
-        let st = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
-            .arg(at)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount tmpfs at {}", at.display());
-        Mount(at.to_path_buf())
-    }
-
-    fn remount(&self, opts: &str) {
-        let st = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,{opts}")])
-            .arg(&self.0)
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
-fn require_root(why: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    eprintln!("SKIPPED: {why} needs root");
-    assert!(
-        std::env::var_os("ENVSNAP_REQUIRE_ROOT_TESTS").is_none(),
-        "root tests are required here"
-    );
-    false
-}
-
 #[test]
 fn full_disk_during_save_and_restore_leaves_nothing_half_written() {
     if !require_root("mounting a small tmpfs") {

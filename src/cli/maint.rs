@@ -66,6 +66,14 @@ pub fn gc(ctx: &Ctx, a: GcArgs) -> Result<Outcome> {
     for k in &r.removed_snapshots {
         ctx.ui.detail(format!("{verb} snapshot {k}"));
     }
+    super::restore::report_leftovers(
+        ctx,
+        &envsnap::restore::Leftovers {
+            removed: r.removed_staging.clone(),
+            recovered: r.recovered_trees.clone(),
+            kept: r.kept_old_trees.clone(),
+        },
+    );
     ctx.ui.info(format!(
         "gc{}: {verb} {} and {} ({}); {} {}, store {} {}",
         if a.dry_run { " (dry run)" } else { "" },

@@ -98,6 +98,15 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
         snap.kind,
         dest.display()
     ));
+    // A restore killed earlier may have left staging trees here, or (`--force` without
+    // RENAME_EXCHANGE) the old tree moved aside with the destination missing: put that back
+    // before looking at the destination. apt merges into a live root and stages nothing.
+    let leftovers = if a.dry_run || snap.kind == "apt" {
+        restore::Leftovers::default()
+    } else {
+        restore::clean_leftovers(&dest)
+    };
+    report_leftovers(ctx, &leftovers);
     let found = Found {
         ctx,
         store: &store,
@@ -120,7 +129,18 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
     // nothing and says nothing there.
     match &result {
         _ if a.dry_run => {}
-        Ok(Outcome::Done) => hit_outputs(hit, &snap)?,
+        // The tree is in place: failing to say so is a warning, never a failed restore (the job
+        // then reinstalls, which is safe).
+        Ok(Outcome::Done) => {
+            if let Err(e) = hit_outputs(hit, &snap) {
+                bookkeeping_failed(
+                    ctx,
+                    &e,
+                    "the restore is complete, but could not write the hit to $GITHUB_OUTPUT",
+                    "the job will see a miss",
+                );
+            }
+        }
         _ => github_output(&MISS_OUTPUTS)?,
     }
     if !a.dry_run {
@@ -154,6 +174,26 @@ struct Facts {
     bytes: u64,
     link: Option<String>,
     detail: Option<serde_json::Value>,
+}
+
+/// What the cleanup after killed restores did (restore and gc).
+pub fn report_leftovers(ctx: &Ctx, l: &restore::Leftovers) {
+    for p in &l.removed {
+        ctx.ui
+            .detail(format!("removed {} (left by a killed restore)", p.display()));
+    }
+    for p in &l.recovered {
+        ctx.ui.warn(format!(
+            "put the previous tree back at {}: a `restore --force` there was killed before it completed",
+            p.display()
+        ));
+    }
+    for p in &l.kept {
+        ctx.ui.warn(format!(
+            "kept {}: the tree a killed `restore --force` replaced (its destination exists again); delete it when you no longer need it",
+            p.display()
+        ));
+    }
 }
 
 /// A snapshot found for a restore, and everything the kind-specific restore needs.

@@ -6,8 +6,10 @@
 
 pub mod link;
 mod seed;
+pub mod staging;
 
 pub use link::{LinkMode, LinkStats, LinkUsed, Stamp};
+pub use staging::Leftovers;
 
 use crate::error::{Error, IoContext, Result};
 use crate::index::SnapshotRow;
@@ -148,16 +150,13 @@ impl Plan {
         }
         let parent = self.dest.parent().expect("checked in plan").to_path_buf();
         fs::create_dir_all(&parent).at("create directory", &parent)?;
-        let name = self
-            .dest
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        remove_stale_staging(&parent, &name);
+        staging::clean(&self.dest);
+        let record = staging::Record::create(store.root(), &self.dest);
         let staging = tempfile::Builder::new()
-            .prefix(&staging_prefix(&name))
+            .prefix(&staging::prefix(&self.dest))
             .tempdir_in(&parent)
             .at("create a staging directory in", &parent)?;
+        let lease = staging::Lease::take(staging.path());
         let base = staging.path().to_path_buf();
 
         // Directories first (sorted order puts parents before children); owner-writable until
@@ -222,6 +221,8 @@ impl Plan {
 
         Ok(Staged {
             dir: Some(staging),
+            _lease: lease,
+            _record: record,
             link_used: stats.summary(),
             plan: self,
             stamps,
@@ -232,6 +233,10 @@ impl Plan {
 /// A fully materialized tree waiting to be renamed into place.
 pub struct Staged {
     dir: Option<tempfile::TempDir>,
+    /// Held while the restore runs: its staging directory is not a dead one's leftover.
+    _lease: Option<staging::Lease>,
+    /// This restore in `<store>/restores/`, so gc can clean up if it is killed.
+    _record: Option<staging::Record>,
     link_used: String,
     pub plan: Plan,
     /// Each restored file as materialized (see `seed`).
@@ -305,7 +310,7 @@ impl Staged {
                 // rename(2) replaces an empty directory atomically.
                 fs::rename(&staged, &dest).at("rename into place", &dest)
             }
-            Ok(DestState::Occupied) if plan.force => replace(&staged, &dest),
+            Ok(DestState::Occupied) if plan.force => staging::swap(&staged, &dest),
             Ok(DestState::Occupied) => Err(Error::Usage(format!(
                 "{} appeared while restoring and is not empty: pass --force to replace it",
                 dest.display()
@@ -358,83 +363,13 @@ fn set_dir_attrs(p: &Path, uid: u32, gid: u32, mode: u32, mtime_ns: i64, chown: 
     filetime::set_file_mtime(p, ns_to_filetime(mtime_ns)).at("set mtime of", p)
 }
 
-/// Swap the new tree and the old one atomically (`renameat2(RENAME_EXCHANGE)`), then delete the
-/// old one, which now sits at the staging path. A kill at any point leaves either the old tree or
-/// the new one at the destination; a leftover staging directory is removed by the next restore.
-/// Where the exchange is unsupported, the old tree is moved aside first and only then deleted.
-fn replace(staged: &Path, dest: &Path) -> Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| Error::Usage("NUL in path".into()));
-    let (a, b) = (c(staged)?, c(dest)?);
-    // SAFETY: both are valid NUL-terminated paths; AT_FDCWD with absolute paths.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if rc == 0 {
-        // The new tree is in place; deleting the old one is best effort.
-        let _ = remove_tree(staged);
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    if !matches!(
-        err.raw_os_error(),
-        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP)
-    ) {
-        return Err(Error::io("swap into place", dest, err));
-    }
-    let parent = dest.parent().expect("absolute destination has a parent");
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // Named `…-old-…`: stale-staging cleanup never deletes these, they may hold the only copy.
-    let trash = tempfile::Builder::new()
-        .prefix(&format!("{}old-", staging_prefix(&name)))
-        .tempdir_in(parent)
-        .at("create a directory in", parent)?
-        .keep();
-    let old = trash.join("old");
-    fs::rename(dest, &old).at("move aside", dest)?;
-    if let Err(e) = fs::rename(staged, dest) {
-        // Put the old tree back: nothing is lost.
-        let _ = fs::rename(&old, dest);
-        let _ = fs::remove_dir(&trash);
-        return Err(Error::io("rename into place", dest, e));
-    }
-    let _ = remove_tree(&trash);
-    Ok(())
-}
-
-/// Staging and trash directories are named `.<dest name>.envsnap-<pid>-…`, so a later restore
-/// can tell the leftovers of a killed one (its process is gone) from a restore still running.
-fn staging_prefix(name: &str) -> String {
-    format!(".{name}.envsnap-{}-", std::process::id())
-}
-
-/// Remove what restores of the same destination left when they were killed midway.
-fn remove_stale_staging(parent: &Path, name: &str) {
-    let prefix = format!(".{name}.envsnap-");
-    let Ok(rd) = fs::read_dir(parent) else { return };
-    for e in rd.flatten() {
-        let file_name = e.file_name();
-        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
-            continue;
-        };
-        // SAFETY: kill with signal 0 only checks whether the process exists.
-        let alive =
-            unsafe { libc::kill(pid, 0) } == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-        if !alive {
-            let _ = remove_tree(&e.path());
-        }
+/// Remove what killed restores of `dest` left beside it, and put back the old tree a killed
+/// `--force` restore had moved aside while the destination is missing (see [`staging`]).
+/// `Plan::apply` does this too; callers run it before [`plan`] so a recovered tree is seen.
+pub fn clean_leftovers(dest: &Path) -> Leftovers {
+    match std::path::absolute(dest) {
+        Ok(d) if d.parent().is_some() => staging::clean(&d),
+        _ => Leftovers::default(),
     }
 }
 

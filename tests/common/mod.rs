@@ -140,3 +140,71 @@ pub fn set_mtime(p: &Path, secs: i64, nanos: u32) {
 pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
+
+/// A tmpfs mounted for the length of a test (root only).
+pub struct Mount(pub std::path::PathBuf);
+
+impl Mount {
+    pub fn tmpfs(at: &Path, opts: &str) -> Mount {
+        std::fs::create_dir_all(at).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs at {}", at.display());
+        Mount(at.to_path_buf())
+    }
+
+    pub fn remount(&self, opts: &str) {
+        let st = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{opts}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// True as root; else prints why the test is skipped (and fails where root tests are required).
+pub fn require_root(why: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    eprintln!("SKIPPED: {why} needs root");
+    assert!(
+        std::env::var_os("ENVSNAP_REQUIRE_ROOT_TESTS").is_none(),
+        "root tests are required here"
+    );
+    false
+}
+
+/// Fill the filesystem holding `dir` to the last byte (a file `dir/filler`).
+pub fn fill_up(dir: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+    let block = vec![0u8; 64 << 10];
+    let mut n = block.len();
+    // Ever smaller writes until not a byte more fits.
+    while n > 0 {
+        match f.write(&block[..n]) {
+            Ok(_) => {}
+            Err(_) => n /= 2,
+        }
+    }
+    let _ = f.sync_all();
+}
+
+/// The pid of a process that has exited (for leftovers "of a killed restore").
+pub fn dead_pid() -> u32 {
+    let mut c = Command::new("true").spawn().unwrap();
+    let pid = c.id();
+    c.wait().unwrap();
+    pid
+}
