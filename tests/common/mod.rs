@@ -193,9 +193,8 @@ pub fn fill_up(dir: &Path) {
     let mut n = block.len();
     // Ever smaller writes until not a byte more fits.
     while n > 0 {
-        match f.write(&block[..n]) {
-            Ok(_) => {}
-            Err(_) => n /= 2,
+        if f.write_all(&block[..n]).is_err() {
+            n /= 2;
         }
     }
     let _ = f.sync_all();
