@@ -80,6 +80,11 @@ pub struct SaveReport {
     pub new_bytes: u64,
     /// Devices, FIFOs and sockets that were skipped.
     pub skipped_special: Vec<PathBuf>,
+    /// Paths deleted while the save walked the tree (or before it read them): not saved.
+    pub vanished: Vec<PathBuf>,
+    /// Files that kept changing while they were read ([`MAX_REREADS`] times): the last read
+    /// is saved and may mix old and new content; they are left out of the stat cache.
+    pub changed_while_read: Vec<PathBuf>,
     pub seconds: f64,
 }
 
@@ -92,13 +97,37 @@ struct Scanned {
     nlink: u64,
 }
 
-fn mtime_ns(m: &Metadata) -> i64 {
-    m.mtime() * 1_000_000_000 + m.mtime_nsec()
+/// A timestamp in nanoseconds since the epoch, or None outside what an i64 holds (before
+/// 1677-09-21 or after 2262-04-11): filesystems store such mtimes, the index cannot.
+fn ns(secs: i64, nsec: i64) -> Option<i64> {
+    secs.checked_mul(1_000_000_000)?.checked_add(nsec)
 }
 
-fn ctime_ns(m: &Metadata) -> i64 {
-    m.ctime() * 1_000_000_000 + m.ctime_nsec()
+/// The mtime to store, refusing clearly one that does not fit (never wrapped to 1901).
+fn mtime_ns(m: &Metadata, path: &Path) -> Result<i64> {
+    ns(m.mtime(), m.mtime_nsec()).ok_or_else(|| mtime_out_of_range(m, path))
 }
+
+fn mtime_out_of_range(m: &Metadata, path: &Path) -> Error {
+    let when = u64::try_from(m.mtime())
+        .ok()
+        .and_then(|secs| std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs)))
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_else(|| format!("{} seconds since 1970", m.mtime()));
+    Error::Usage(format!(
+        "cannot save {}: its mtime {when} is outside 1677-09-21..2262-04-11, the range envsnap \
+         stores to the nanosecond; give it a representable mtime (`touch`) or save without it",
+        path.display()
+    ))
+}
+
+/// ctime only ever compares with itself (the stat cache): saturate rather than fail.
+fn ctime_ns(m: &Metadata) -> i64 {
+    ns(m.ctime(), m.ctime_nsec()).unwrap_or(if m.ctime() < 0 { i64::MIN } else { i64::MAX })
+}
+
+/// How many times a file that changed while it was read is read again.
+pub const MAX_REREADS: usize = 3;
 
 pub fn save(store: &Store, req: SaveRequest) -> Result<SaveReport> {
     save_with_manifest(store, req).map(|(report, _)| report)
@@ -136,11 +165,19 @@ pub fn save_with_manifest(store: &Store, req: SaveRequest) -> Result<(SaveReport
         let cache = s.spawn(|| store.index().statcache(&root));
         let scan = match &req.selection {
             Selection::Tree => scan_tree(&root, req.xattrs, store_id),
-            Selection::Paths(paths) => scan_paths(&root, paths, req.xattrs).map(|s| (s, Vec::new())),
+            Selection::Paths(paths) => scan_paths(&root, paths, req.xattrs).map(|scanned| ScanResult {
+                scanned,
+                special: Vec::new(),
+                vanished: Vec::new(),
+            }),
         };
         (scan, cache.join().expect("loading the stat cache panicked"))
     });
-    let (mut scanned, skipped) = scan?;
+    let ScanResult {
+        mut scanned,
+        special: skipped,
+        vanished: mut gone,
+    } = scan?;
     let cache = cache?;
     // Unstable is fine (paths are unique) and moves these large structs less.
     scanned.sort_unstable_by(|a, b| a.entry.path.cmp(&b.entry.path));
@@ -196,63 +233,89 @@ pub fn save_with_manifest(store: &Store, req: SaveRequest) -> Result<(SaveReport
 
     let hash_bytes: u64 = to_hash.iter().map(|&i| scanned[i].entry.size).sum();
     progress::with(req.progress, |p| p.start("hashing", hash_bytes));
-    let results: Vec<(usize, crate::store::Ingested)> = to_hash
+    let results: Vec<(usize, Option<Read>)> = to_hash
         .par_iter()
         .map(|&i| {
             let s = &scanned[i];
-            let exec = s.entry.mode & 0o111 != 0;
-            let mtime = filetime::FileTime::from_unix_time(
-                s.entry.mtime_ns.div_euclid(1_000_000_000),
-                s.entry.mtime_ns.rem_euclid(1_000_000_000) as u32,
-            );
-            let rel = s.entry.path.as_slice();
-            let scan_fn = req.scanner.map(|sc| move |c: &[u8]| sc.scan(rel, c));
-            let ing = store.objects.ingest(
-                &root.join(OsStr::from_bytes(rel)),
-                exec,
-                mtime,
-                scan_fn.as_ref().map(|f| f as crate::store::ScanFn),
-            )?;
+            let r = read_stable(store, &root, &s.entry.path, StatKey::of_scanned(s), req.scanner)?;
             progress::with(req.progress, |p| p.inc(s.entry.size));
-            Ok((i, ing))
+            Ok((i, r))
         })
         .collect::<Result<_>>()?;
     progress::with(req.progress, |p| p.finish());
 
-    let (mut new_objects, mut new_bytes) = (0u64, 0u64);
-    let mut written = Vec::new();
-    for (i, ing) in results {
-        if ing.new {
-            new_objects += 1;
-            new_bytes += ing.size;
+    let mut out = Applied {
+        dropped: vec![false; scanned.len()],
+        unstable: vec![false; scanned.len()],
+        ..Default::default()
+    };
+    for (i, r) in results {
+        out.apply(i, r, &mut scanned[i], &root, &mut gone);
+    }
+    // A hard-link group whose first path was deleted: the next member that is still there
+    // leads it (read like any file), the rest follow that one.
+    let mut orphans: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (&f, &leader) in &follower_of {
+        if out.dropped[leader] {
+            orphans.entry(leader).or_default().push(f);
         }
-        if let Some(stat) = ing.stat {
-            written.push((ing.id, stat));
+    }
+    for members in orphans.into_values() {
+        let mut members = members;
+        members.sort_unstable();
+        let mut new_leader = None;
+        for m in members {
+            match new_leader {
+                Some(l) => {
+                    follower_of.insert(m, l);
+                }
+                None => {
+                    follower_of.remove(&m);
+                    let s = &scanned[m];
+                    let r = read_stable(store, &root, &s.entry.path, StatKey::of_scanned(s), req.scanner)?;
+                    if out.apply(m, r, &mut scanned[m], &root, &mut gone) {
+                        new_leader = Some(m);
+                    }
+                }
+            }
         }
-        let e = &mut scanned[i].entry;
-        e.object = Some(ing.id);
-        e.size = ing.size; // the content we stored, even if the file changed since it was stat'ed
-        e.note = ing.note;
     }
     for (&f, &leader) in &follower_of {
-        let (obj, size, note) = (
-            scanned[leader].entry.object,
-            scanned[leader].entry.size,
-            scanned[leader].entry.note.clone(),
-        );
+        if out.dropped[f] {
+            continue;
+        }
+        let l = &scanned[leader].entry;
+        let (obj, size, note, mtime_ns, mode) = (l.object, l.size, l.note.clone(), l.mtime_ns, l.mode);
         let e = &mut scanned[f].entry;
         e.object = obj;
         e.size = size;
         e.note = note;
+        // The same inode: what the leader was read with holds for every member.
+        e.mtime_ns = mtime_ns;
+        e.mode = mode;
+        out.unstable[f] = out.unstable[leader];
     }
+    gone.sort();
+    let Applied {
+        dropped,
+        unstable,
+        mut changed_while_read,
+        new_objects,
+        new_bytes,
+        written,
+    } = out;
+    changed_while_read.sort();
     let (entries, stat_ids): (Vec<Entry>, Vec<StatId>) = scanned
         .into_iter()
         .zip(was_hit)
-        .map(|(s, hit)| {
+        .zip(dropped.iter().zip(&unstable))
+        .filter(|(_, (&dropped, _))| !dropped)
+        .map(|((s, hit), (_, &unstable))| {
             let id = StatId {
                 ctime_ns: s.ctime_ns,
                 ino: s.ino,
                 hit,
+                unstable,
             };
             (s.entry, id)
         })
@@ -276,7 +339,7 @@ pub fn save_with_manifest(store: &Store, req: SaveRequest) -> Result<(SaveReport
         root_mode: root_meta.mode() & 0o7777,
         root_uid: root_meta.uid(),
         root_gid: root_meta.gid(),
-        root_mtime_ns: mtime_ns(&root_meta),
+        root_mtime_ns: mtime_ns(&root_meta, &root)?,
         last_restored_ns: None,
     };
     // An unchanged re-save (nothing re-read, same tree, same metadata) rewrites nothing: the key
@@ -312,6 +375,8 @@ pub fn save_with_manifest(store: &Store, req: SaveRequest) -> Result<(SaveReport
         new_objects,
         new_bytes,
         skipped_special: skipped,
+        vanished: gone,
+        changed_while_read,
         seconds: start.elapsed().as_secs_f64(),
     };
     Ok((report, manifest))
@@ -323,6 +388,8 @@ struct StatId {
     ino: u64,
     /// It matched the previous cache row.
     hit: bool,
+    /// It kept changing while it was read: never cached.
+    unstable: bool,
 }
 
 /// The stat cache for the next save from the same path: every file of the manifest, with the
@@ -335,8 +402,17 @@ fn stat_cache(manifest: &Manifest, stat_ids: &[StatId], started_ns: i64, scanner
     // restore against the filesystem's clock), and the file has not changed since.
     let racy_after = started_ns - 1_000_000_000;
     let mut rows = Vec::new();
-    for (e, &StatId { ctime_ns, ino, hit }) in manifest.entries.iter().zip(stat_ids) {
-        if !hit && e.mtime_ns.max(ctime_ns) >= racy_after {
+    for (
+        e,
+        &StatId {
+            ctime_ns,
+            ino,
+            hit,
+            unstable,
+        },
+    ) in manifest.entries.iter().zip(stat_ids)
+    {
+        if unstable || (!hit && e.mtime_ns.max(ctime_ns) >= racy_after) {
             continue;
         }
         if let (EntryKind::File, Some(obj)) = (e.kind, e.object) {
@@ -354,6 +430,136 @@ fn stat_cache(manifest: &Manifest, stat_ids: &[StatId], started_ns: i64, scanner
         }
     }
     StatCache::new(scanner, rows)
+}
+
+/// What reading the files changed in the scan.
+#[derive(Default)]
+struct Applied {
+    /// Deleted before they could be read: not in the snapshot.
+    dropped: Vec<bool>,
+    /// Changed across every read: not cached.
+    unstable: Vec<bool>,
+    changed_while_read: Vec<PathBuf>,
+    new_objects: u64,
+    new_bytes: u64,
+    /// Objects this save wrote, with their stat as written.
+    written: Vec<(crate::store::ObjectId, crate::store::ObjectStat)>,
+}
+
+impl Applied {
+    /// Record how file `i` (`s`) was read. False when it was gone.
+    fn apply(&mut self, i: usize, r: Option<Read>, s: &mut Scanned, root: &Path, gone: &mut Vec<PathBuf>) -> bool {
+        let Some(r) = r else {
+            self.dropped[i] = true;
+            gone.push(root.join(OsStr::from_bytes(&s.entry.path)));
+            return false;
+        };
+        if r.ing.new {
+            self.new_objects += 1;
+            self.new_bytes += r.ing.size;
+        }
+        if let Some(stat) = r.ing.stat {
+            self.written.push((r.ing.id, stat));
+        }
+        if !r.stable {
+            self.unstable[i] = true;
+            self.changed_while_read
+                .push(root.join(OsStr::from_bytes(&s.entry.path)));
+        }
+        // The entry describes the file as it was read (a re-read took a later stat).
+        s.entry.object = Some(r.ing.id);
+        s.entry.size = r.ing.size;
+        s.entry.note = r.ing.note;
+        s.entry.mtime_ns = r.stat.mtime_ns;
+        s.entry.mode = r.stat.mode;
+        s.ctime_ns = r.stat.ctime_ns;
+        s.ino = r.stat.ino;
+        true
+    }
+}
+
+/// The stat fields that change when a file is written, renamed over or chmod'ed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct StatKey {
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    ino: u64,
+    mode: u32,
+}
+
+impl StatKey {
+    fn of_scanned(s: &Scanned) -> StatKey {
+        StatKey {
+            size: s.entry.size,
+            mtime_ns: s.entry.mtime_ns,
+            ctime_ns: s.ctime_ns,
+            ino: s.ino,
+            mode: s.entry.mode,
+        }
+    }
+}
+
+/// One file read into the store.
+struct Read {
+    ing: crate::store::Ingested,
+    /// The file's stat after the read.
+    stat: StatKey,
+    /// The stat did not change across the read: the content is a state the file had.
+    stable: bool,
+}
+
+/// Read `root/rel` into the store and check it did not change meanwhile, as tar's "file changed
+/// as we read it": its (size, mtime, ctime, inode, mode) after the read must equal those before
+/// it (the scan's), else it is read again, up to [`MAX_REREADS`] times. None: it was deleted
+/// (or replaced by something that is not a file) before it could be read.
+fn read_stable(
+    store: &Store,
+    root: &Path,
+    rel: &[u8],
+    mut before: StatKey,
+    scanner: Option<&dyn ContentScanner>,
+) -> Result<Option<Read>> {
+    let path = root.join(OsStr::from_bytes(rel));
+    let scan_fn = scanner.map(|sc| move |c: &[u8]| sc.scan(rel, c));
+    let mut rereads = 0;
+    loop {
+        let mtime = filetime::FileTime::from_unix_time(
+            before.mtime_ns.div_euclid(1_000_000_000),
+            before.mtime_ns.rem_euclid(1_000_000_000) as u32,
+        );
+        let exec = before.mode & 0o111 != 0;
+        let ing = match store
+            .objects
+            .ingest(&path, exec, mtime, scan_fn.as_ref().map(|f| f as crate::store::ScanFn))
+        {
+            Ok(i) => i,
+            Err(Error::Io { source, path: p, .. }) if p == path && vanished(&source) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let after = match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() => StatKey {
+                size: m.len(),
+                mtime_ns: mtime_ns(&m, &path)?,
+                ctime_ns: ctime_ns(&m),
+                ino: m.ino(),
+                mode: m.mode() & 0o7777,
+            },
+            Ok(_) => return Ok(None),
+            Err(e) if vanished(&e) => return Ok(None),
+            Err(e) => return Err(Error::io("stat", &path, e)),
+        };
+        let stable = after == before && ing.size == after.size;
+        if stable || rereads == MAX_REREADS {
+            return Ok(Some(Read {
+                ing,
+                stat: after,
+                stable,
+            }));
+        }
+        rereads += 1;
+        before = after;
+    }
 }
 
 /// Build an entry from `lstat` data of `root/rel`; None for special files.
@@ -386,6 +592,8 @@ fn entry_for(root: &Path, rel: Vec<u8>, m: &Metadata, xattrs: bool) -> Result<Op
     } else {
         Vec::new()
     };
+    // The path is built only for the error: this runs for every entry of every save.
+    let mtime_ns = ns(m.mtime(), m.mtime_nsec()).ok_or_else(|| mtime_out_of_range(m, &abs()))?;
     Ok(Some(Scanned {
         entry: Entry {
             path: rel,
@@ -394,7 +602,7 @@ fn entry_for(root: &Path, rel: Vec<u8>, m: &Metadata, xattrs: bool) -> Result<Op
             uid: m.uid(),
             gid: m.gid(),
             size: if kind == EntryKind::File { m.len() } else { 0 },
-            mtime_ns: mtime_ns(m),
+            mtime_ns,
             object: None,
             target,
             link_group: None,
@@ -434,18 +642,23 @@ fn read_xattrs(p: &Path) -> Result<Vec<(String, Vec<u8>)>> {
 /// stat'ed in parallel only on levels with few directories, so a thread waiting on them cannot
 /// steal more directories to open and a wide level never runs out of file descriptors.
 /// Special files are returned apart, to be reported. The order is not sorted.
-fn scan_tree(root: &Path, xattrs: bool, skip_dir: Option<(u64, u64)>) -> Result<(Vec<Scanned>, Vec<PathBuf>)> {
+fn scan_tree(root: &Path, xattrs: bool, skip_dir: Option<(u64, u64)>) -> Result<ScanResult> {
     enum Found {
         Entry(Scanned),
         Special(PathBuf),
+        /// Deleted between reading its directory and stat'ing it (or its directory was).
+        Vanished(PathBuf),
         TheStore,
     }
     // `dir` is relative to the root, empty for the root itself.
     let scan_dir = |dir: &[u8], parallel: bool| -> Result<Vec<Found>> {
         let dir_abs = root.join(OsStr::from_bytes(dir));
-        let entries = std::fs::read_dir(&dir_abs)
-            .and_then(|rd| rd.collect::<std::io::Result<Vec<_>>>())
-            .at("read directory", &dir_abs)?;
+        let entries = match std::fs::read_dir(&dir_abs).and_then(|rd| rd.collect::<std::io::Result<Vec<_>>>()) {
+            Ok(e) => e,
+            // Deleted (or replaced by a file) since its parent was read: skipped, as tar does.
+            Err(e) if vanished(&e) => return Ok(vec![Found::Vanished(dir_abs)]),
+            Err(e) => return Err(Error::io("read directory", &dir_abs, e)),
+        };
         let describe = |de: &std::fs::DirEntry| {
             let name = de.file_name();
             let mut rel = Vec::with_capacity(dir.len() + 1 + name.len());
@@ -454,14 +667,21 @@ fn scan_tree(root: &Path, xattrs: bool, skip_dir: Option<(u64, u64)>) -> Result<
                 rel.push(b'/');
             }
             rel.extend_from_slice(name.as_bytes());
-            let m = de.metadata().at("stat", de.path())?;
+            let m = match de.metadata() {
+                Ok(m) => m,
+                Err(e) if vanished(&e) => return Ok(Found::Vanished(de.path())),
+                Err(e) => return Err(Error::io("stat", de.path(), e)),
+            };
             // Never snapshot the store into itself (`save dir . --store .envsnap`).
             if m.is_dir() && Some((m.dev(), m.ino())) == skip_dir {
                 return Ok(Found::TheStore);
             }
-            Ok(match entry_for(root, rel, &m, xattrs)? {
-                Some(s) => Found::Entry(s),
-                None => Found::Special(de.path()),
+            Ok(match entry_for(root, rel, &m, xattrs) {
+                Ok(Some(s)) => Found::Entry(s),
+                Ok(None) => Found::Special(de.path()),
+                // A symlink or xattrs read after the stat, from a path deleted in between.
+                Err(Error::Io { source, .. }) if vanished(&source) => Found::Vanished(de.path()),
+                Err(e) => return Err(e),
             })
         };
         if parallel {
@@ -472,6 +692,7 @@ fn scan_tree(root: &Path, xattrs: bool, skip_dir: Option<(u64, u64)>) -> Result<
     };
     let mut scanned = Vec::new();
     let mut special = Vec::new();
+    let mut gone = Vec::new();
     let mut level: Vec<Vec<u8>> = vec![Vec::new()];
     while !level.is_empty() {
         let narrow = level.len() < 2 * rayon::current_num_threads();
@@ -486,12 +707,30 @@ fn scan_tree(root: &Path, xattrs: bool, skip_dir: Option<(u64, u64)>) -> Result<
                     scanned.push(s);
                 }
                 Found::Special(abs) => special.push(abs),
+                Found::Vanished(abs) => gone.push(abs),
                 Found::TheStore => {}
             }
         }
     }
     special.sort();
-    Ok((scanned, special))
+    gone.sort();
+    Ok(ScanResult {
+        scanned,
+        special,
+        vanished: gone,
+    })
+}
+
+struct ScanResult {
+    scanned: Vec<Scanned>,
+    /// Devices, FIFOs, sockets.
+    special: Vec<PathBuf>,
+    vanished: Vec<PathBuf>,
+}
+
+/// A path that is gone (or is no longer a directory) when it is read: deleted during the save.
+fn vanished(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
 }
 
 fn scan_paths(root: &Path, paths: &[Vec<u8>], xattrs: bool) -> Result<Vec<Scanned>> {

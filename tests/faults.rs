@@ -204,3 +204,185 @@ fn bookkeeping_that_fails_after_the_commit_is_a_warning_not_a_failed_restore() {
     );
     assert_eq!(describe(&dest), describe(&src));
 }
+
+/// Sets the flag when dropped: a background writer stops even when an assertion fails.
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Run `save dir SRC --key KEY --json`; (exit code, JSON or Null, stderr).
+fn save_json(store: &Path, src: &Path, key: &str) -> (i32, serde_json::Value, String) {
+    let o = envsnap(store, &["--json", "save", "dir", src.to_str().unwrap(), "--key", key]);
+    let j = serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null);
+    (code(&o), j, stderr(&o))
+}
+
+fn listed(j: &serde_json::Value, field: &str, p: &Path) -> bool {
+    j[field]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|v| v.as_str() == Some(p.to_str().unwrap())))
+}
+
+/// Is `content` a state a file had while a writer rewrote it again and again, front to back,
+/// each pass stamping every u32 word with its pass number? Then the words read front to back
+/// are a newer pass up to where the writer was, the previous one after it: never increasing,
+/// never more than one apart. A read the writer overtook has a later word newer than an
+/// earlier one, or passes two apart: a state the file never had.
+fn a_state_it_had(content: &[u8]) -> bool {
+    let words: Vec<u32> = content
+        .chunks_exact(4)
+        .map(|w| u32::from_le_bytes(w.try_into().unwrap()))
+        .collect();
+    let (min, max) = (words.iter().min().unwrap(), words.iter().max().unwrap());
+    max - min <= 1 && words.windows(2).all(|w| w[0] >= w[1])
+}
+
+#[test]
+fn a_file_rewritten_while_save_reads_it_is_read_again_or_reported_never_torn_silently() {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let d = tmp();
+    let (src, store) = (d.path().join("src"), d.path().join("store"));
+    fs::create_dir_all(&src).unwrap();
+    let big = src.join("log.bin");
+    // Large enough to be streamed in chunks, so a rewrite lands in the middle of a read.
+    const SIZE: usize = 12 << 20;
+    fs::write(&big, vec![0u8; SIZE]).unwrap();
+    let stop = AtomicBool::new(false);
+    let (mut reported, mut clean) = (0, 0);
+    std::thread::scope(|s| {
+        // However the trials end (a failed assertion too), the writer stops.
+        let _stop = StopOnDrop(&stop);
+        // The writer rewrites the file in place, front to back, 1 MiB at a time, forever.
+        s.spawn(|| {
+            let f = fs::OpenOptions::new().write(true).open(&big).unwrap();
+            let mut pass = 1u32;
+            while !stop.load(Ordering::Relaxed) {
+                let chunk: Vec<u8> = std::iter::repeat_n(pass.to_le_bytes(), 1 << 18).flatten().collect();
+                for off in (0..SIZE).step_by(1 << 20) {
+                    f.write_all_at(&chunk, off as u64).unwrap();
+                }
+                pass += 1;
+            }
+        });
+        for trial in 0..6 {
+            let key = format!("k{trial}");
+            let (rc, j, err) = save_json(&store, &src, &key);
+            assert_eq!(rc, 0, "{err}");
+            if listed(&j, "changed_while_read", &big) {
+                assert!(
+                    err.contains("changed while it was read") && err.contains(big.to_str().unwrap()),
+                    "{err}"
+                );
+                reported += 1;
+                continue;
+            }
+            // Not reported: what was saved must be a state the file had.
+            let out = d.path().join(format!("out{trial}"));
+            restore_json(&store, out.to_str().unwrap(), &["--key", &key]);
+            assert!(
+                a_state_it_had(&fs::read(out.join("log.bin")).unwrap()),
+                "trial {trial}: torn content saved without a warning"
+            );
+            clean += 1;
+        }
+    });
+    eprintln!("{reported} saves reported the file changing, {clean} read a state it had");
+    // Once the writer stops, a save reads it whole and caches it again.
+    let (rc, j, err) = save_json(&store, &src, "after");
+    assert_eq!(rc, 0, "{err}");
+    assert!(!listed(&j, "changed_while_read", &big), "{j}");
+}
+
+#[test]
+fn a_file_deleted_while_save_walks_the_tree_is_skipped_with_a_warning_naming_it() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let d = tmp();
+    let (src, store) = (d.path().join("src"), d.path().join("store"));
+    small_tree(&src, "keep", 2000);
+    let churn = src.join("churn");
+    fs::create_dir_all(&churn).unwrap();
+    let stop = AtomicBool::new(false);
+    let mut vanished_seen = 0;
+    std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
+        // Files (and directories) appear and disappear all the time, like a build's temp files.
+        s.spawn(|| {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let f = churn.join(format!("t{}", i % 64));
+                let dir = churn.join(format!("d{}", i % 8));
+                if i % 128 < 64 {
+                    let _ = fs::write(&f, b"temporary");
+                    let _ = fs::create_dir_all(dir.join("sub"));
+                    let _ = fs::write(dir.join("sub/x"), b"x");
+                } else {
+                    let _ = fs::remove_file(&f);
+                    let _ = fs::remove_dir_all(&dir);
+                }
+                i += 1;
+            }
+        });
+        for trial in 0..15 {
+            let key = format!("k{trial}");
+            let (rc, j, err) = save_json(&store, &src, &key);
+            assert_eq!(rc, 0, "trial {trial}: a deleted file failed the save: {err}");
+            let gone = j["vanished"].as_array().unwrap();
+            for p in gone {
+                let p = p.as_str().unwrap();
+                assert!(err.contains(&format!("skipped {p}: deleted")), "{err}");
+            }
+            vanished_seen += gone.len();
+            if vanished_seen > 0 && trial >= 4 {
+                break;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert!(
+        vanished_seen > 0,
+        "no save saw a file vanish: the test did not test anything"
+    );
+    // Every snapshot is whole.
+    assert_eq!(code(&envsnap(&store, &["verify"])), 0);
+    let out = d.path().join("out");
+    restore_json(&store, out.to_str().unwrap(), &["--key", "k0"]);
+    assert_eq!(fs::read(out.join("a/f0")).unwrap(), fs::read(src.join("a/f0")).unwrap());
+}
+
+#[test]
+fn an_mtime_after_2262_is_refused_clearly_never_wrapped_to_1901() {
+    use std::os::unix::fs::MetadataExt;
+    let d = tmp();
+    let (src, store) = (d.path().join("src"), d.path().join("store"));
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("ok"), b"fine").unwrap();
+    let far = src.join("from-the-future");
+    fs::write(&far, b"x").unwrap();
+    let st = Command::new("touch")
+        .args(["-d", "2300-01-01 00:00:00 UTC"])
+        .arg(&far)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let secs = fs::metadata(&far).unwrap().mtime();
+    if secs < i64::MAX / 1_000_000_000 {
+        eprintln!("SKIP: this filesystem stores {secs} for a 2300 mtime (it clamps); nothing to test");
+        return;
+    }
+    let o = envsnap(&store, &["save", "dir", src.to_str().unwrap(), "--key", "k"]);
+    let err = stderr(&o);
+    assert_eq!(code(&o), 2, "{err}");
+    assert!(
+        err.contains(far.to_str().unwrap()) && err.contains("2300-01-01") && err.contains("2262"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    // Nothing was committed.
+    let list = ok_json(&envsnap(&store, &["--json", "list"]));
+    assert_eq!(list["snapshots"].as_array().unwrap().len(), 0);
+}

@@ -143,6 +143,18 @@ pub fn print_report(ctx: &Ctx, r: &SaveReport, extra: serde_json::Value) {
             p.display()
         ));
     }
+    for p in &r.vanished {
+        ctx.ui
+            .warn(format!("skipped {}: deleted while the save read the tree", p.display()));
+    }
+    for p in &r.changed_while_read {
+        ctx.ui.warn(format!(
+            "{} changed while it was read, {} times: saved the last read, which may mix old and new \
+             content (it will be read again by the next save); stop what writes it before saving",
+            p.display(),
+            envsnap::save::MAX_REREADS + 1
+        ));
+    }
     ctx.ui.info(format!(
         "saved {} ({}): {}, {}, {}, {}; {} hashed, {} ({}) in {:.2}s",
         r.key,
