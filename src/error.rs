@@ -9,7 +9,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An I/O operation on a path failed. `action` is a short verb phrase ("read", "create directory").
-    #[error("cannot {action} {}: {source}{}", path.display(), io_hint(source))]
+    #[error("cannot {action} {}: {source}{}", path.display(), io_hint(path, source))]
     Io {
         action: &'static str,
         path: PathBuf,
@@ -17,7 +17,7 @@ pub enum Error {
         source: io::Error,
     },
     /// The SQLite index failed.
-    #[error("index {}: {source}", path.display())]
+    #[error("index {}: {source}{}", path.display(), index_hint(path, source))]
     Index {
         path: PathBuf,
         #[source]
@@ -48,15 +48,41 @@ pub enum Error {
     Other(String),
 }
 
-fn io_hint(e: &io::Error) -> &'static str {
+fn io_hint(path: &Path, e: &io::Error) -> String {
     // By kind, not errno: errors wrapped by other crates (tempfile adds the path) keep their kind.
     match e.kind() {
-        io::ErrorKind::ReadOnlyFilesystem => " (read-only file system: choose a writable --store or destination)",
-        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
-            " (disk full: free space, or run `envsnap gc --max-size`)"
+        io::ErrorKind::ReadOnlyFilesystem => {
+            " (read-only file system: choose a writable --store or destination)".into()
         }
-        io::ErrorKind::PermissionDenied => " (permission denied: check ownership, or run as root)",
-        _ => "",
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => disk_full_hint(path),
+        io::ErrorKind::PermissionDenied => " (permission denied: check ownership, or run as root)".into(),
+        _ => String::new(),
+    }
+}
+
+fn index_hint(path: &Path, e: &rusqlite::Error) -> String {
+    // SQLite says "disk I/O error" when it cannot grow its shared-memory file on a full disk.
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => disk_full_hint(path),
+        Some(rusqlite::ErrorCode::SystemIoFailure) if crate::diskfull::is_full(path) => disk_full_hint(path),
+        _ => String::new(),
+    }
+}
+
+/// Which filesystem is full, and what to do about it: gc helps only when it is the store's.
+fn disk_full_hint(path: &Path) -> String {
+    let mount = crate::diskfull::mount_point(path);
+    match crate::diskfull::store_of(path) {
+        Some(store) => format!(
+            " (disk full: the filesystem at {} holding the store {} has no space left: free space there, \
+             or run `envsnap gc --max-size`)",
+            mount.display(),
+            store.display()
+        ),
+        None => format!(
+            " (disk full: the filesystem at {} has no space left: free space there, or choose another destination)",
+            mount.display()
+        ),
     }
 }
 

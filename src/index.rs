@@ -332,10 +332,32 @@ fn damaged(key: &str, why: &str) -> Error {
 
 impl Index {
     pub fn open(path: &Path) -> Result<Self> {
+        match Self::open_with(path, false) {
+            // On a full disk SQLite cannot grow the WAL's shared-memory file (`-shm`), so even
+            // reading fails ("disk I/O error"). In exclusive locking mode it keeps that index in
+            // its own memory instead: list, verify and restore still read the store (their
+            // writes fail as "disk full"). Other processes wait while this one holds the lock,
+            // which only happens on a full disk.
+            Err(Error::Index { source, .. })
+                if matches!(
+                    source.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::SystemIoFailure | rusqlite::ErrorCode::DiskFull)
+                ) && crate::diskfull::is_full(path) =>
+            {
+                Self::open_with(path, true)
+            }
+            r => r,
+        }
+    }
+
+    fn open_with(path: &Path, exclusive: bool) -> Result<Self> {
         let err = |e| Error::index(path, e);
         let conn = Connection::open(path).map_err(err)?;
         let patience = BUSY_TIMEOUT;
         conn.busy_timeout(patience).map_err(err)?;
+        if exclusive {
+            conn.pragma_update(None, "locking_mode", "EXCLUSIVE").map_err(err)?;
+        }
         // Switching a new database to WAL takes an exclusive lock and SQLite does not call the
         // busy handler for it: concurrent first saves into a fresh store got "database is
         // locked". Retry it here, as long as any other statement would wait.

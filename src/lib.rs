@@ -18,6 +18,7 @@
 pub mod apt;
 pub mod beneath;
 pub mod delete;
+pub mod diskfull;
 pub mod error;
 pub mod events;
 pub mod gc;

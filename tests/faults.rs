@@ -386,3 +386,58 @@ fn an_mtime_after_2262_is_refused_clearly_never_wrapped_to_1901() {
     let list = ok_json(&envsnap(&store, &["--json", "list"]));
     assert_eq!(list["snapshots"].as_array().unwrap().len(), 0);
 }
+
+#[test]
+fn a_full_store_disk_still_lists_verifies_and_restores_and_says_which_disk_is_full() {
+    if !require_root("mounting a small tmpfs") {
+        return;
+    }
+    let d = tmp();
+    let src = d.path().join("src");
+    small_tree(&src, "snap", 20);
+    let m = Mount::tmpfs(&d.path().join("store-fs"), "size=4m");
+    let store = m.0.join("store");
+    save_dir(&store, src.to_str().unwrap(), "k");
+    fill_up(&m.0);
+
+    let list = ok_json(&envsnap(&store, &["--json", "list"]));
+    assert_eq!(list["snapshots"].as_array().unwrap().len(), 1);
+    let o = envsnap(&store, &["verify"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // The restore writes only its destination; its bookkeeping in the store is what fails.
+    let dest = d.path().join("out");
+    let gh = d.path().join("github-output");
+    let o = envsnap_env(
+        &store,
+        &["restore", dest.to_str().unwrap(), "--key", "k"],
+        &[("GITHUB_OUTPUT", gh.to_str().unwrap())],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(describe(&dest), describe(&src));
+    assert!(fs::read_to_string(&gh).unwrap().contains("cache-hit=true"));
+    // A save needs space in the store: the error says the store's disk is full and what helps.
+    let o = envsnap(&store, &["save", "dir", src.to_str().unwrap(), "--key", "k2"]);
+    let err = stderr(&o);
+    assert_eq!(code(&o), 2, "{err}");
+    assert!(
+        err.contains("disk full") && err.contains(store.to_str().unwrap()) && err.contains("gc"),
+        "{err}"
+    );
+
+    // A full destination is about the destination: gc of the store would not help.
+    let good = d.path().join("store");
+    save_dir(&good, src.to_str().unwrap(), "k");
+    let dm = Mount::tmpfs(&d.path().join("dest-fs"), "size=1m");
+    fill_up(&dm.0);
+    let o = envsnap(&good, &["restore", dm.0.join("out").to_str().unwrap(), "--key", "k"]);
+    let err = stderr(&o);
+    assert_eq!(code(&o), 2, "{err}");
+    assert!(
+        err.contains("disk full") && err.contains(dm.0.to_str().unwrap()),
+        "{err}"
+    );
+    assert!(
+        !err.contains("gc"),
+        "a full destination is not the store's problem: {err}"
+    );
+}
