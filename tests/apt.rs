@@ -779,3 +779,35 @@ fn target_symlinks_leading_out_of_the_root_are_never_followed() {
     assert_eq!(std::fs::read(c.target.join("usr/share/evil/conf")).unwrap(), b"c");
     assert_eq!(std::fs::read(c.outside.join("victim")).unwrap(), b"keep me");
 }
+
+/// `show` of an apt snapshot dumped thousands of lines of base-package metadata: it shows the
+/// delta (packages added, changed, removed; files, bytes), and the base only with -v.
+#[test]
+fn show_of_an_apt_snapshot_is_its_delta_with_the_base_under_verbose() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(tar) = ready() else { return };
+    let store = snapshot_store(&tar);
+    let out = envsnap_ok(store, &["show", KEY]);
+    assert!(out.lines().count() < 20, "show is short: {} lines", out.lines().count());
+    let added = out.lines().find(|l| l.starts_with("added:")).unwrap_or_default();
+    assert!(
+        added.contains(" packages: ")
+            && added.contains("jq ")
+            && added.contains("graphviz ")
+            && added.contains("liblapack3 "),
+        "{out}"
+    );
+    let base = out.lines().find(|l| l.starts_with("base:")).unwrap_or_default();
+    assert!(base.contains("packages on") && base.contains("-v"), "{out}");
+    assert!(!out.contains("base-files"), "the base is listed without -v: {out}");
+    let verbose = envsnap_ok(store, &["-v", "show", KEY]);
+    assert!(verbose.contains("base-files:"), "-v lists the base");
+    let j: serde_json::Value = serde_json::from_str(&envsnap_ok(store, &["--json", "show", KEY])).unwrap();
+    let names: Vec<&str> = j["delta"]["added"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"jq") && names.contains(&"graphviz"), "{names:?}");
+}

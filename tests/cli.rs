@@ -462,3 +462,141 @@ fn counts_of_one_are_singular() {
     let o = envsnap(&store, &["gc"]);
     assert!(stderr(&o).contains("kept 1 snapshot,"), "{}", stderr(&o));
 }
+
+/// `restore` onto a regular file said a 0-byte file "is not empty", and `--force` left the old
+/// file behind as `.file.envsnap-PID-…` for ever. Name what is there; replace it cleanly.
+#[test]
+fn restore_onto_a_file_says_so_and_force_leaves_nothing_behind() {
+    let d = tmp();
+    let (src, store) = saved(d.path(), "k-1");
+    let target = d.path().join("there");
+    for content in [&b""[..], b"old bytes"] {
+        fs::write(&target, content).unwrap();
+        let o = envsnap(&store, &["restore", target.to_str().unwrap(), "--key", "k-1"]);
+        assert_eq!(code(&o), 2);
+        let e = stderr(&o);
+        assert!(
+            e.contains("is a file") && e.contains("--force") && !e.contains("not empty"),
+            "{e}"
+        );
+        assert_eq!(fs::read(&target).unwrap(), content, "refused restore changed the file");
+    }
+    restore_json(&store, target.to_str().unwrap(), &["--key", "k-1", "--force"]);
+    assert_eq!(describe(&target), describe(&src));
+    let left: Vec<String> = fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("envsnap"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    // A symlink is named as one too.
+    let link = d.path().join("link");
+    std::os::unix::fs::symlink("there", &link).unwrap();
+    let o = envsnap(&store, &["restore", link.to_str().unwrap(), "--key", "k-1"]);
+    assert!(stderr(&o).contains("is a symlink"), "{}", stderr(&o));
+}
+
+/// `restore ../out` was refused ("contains `..`") while `save dir ../src` worked: a relative
+/// destination resolves the way a save's source does, from the current directory.
+#[test]
+fn restore_to_a_dotdot_destination_resolves_like_save() {
+    let d = tmp();
+    let (src, store) = saved(d.path(), "k-1");
+    let work = d.path().join("work");
+    fs::create_dir_all(&work).unwrap();
+    let in_work = |args: &[&str]| {
+        Command::new(bin())
+            .current_dir(&work)
+            .arg("--store")
+            .arg(&store)
+            .args(args)
+            .env_remove("ENVSNAP_STORE")
+            .env_remove("GITHUB_OUTPUT")
+            .output()
+            .unwrap()
+    };
+    // The source too, given with `..`.
+    assert_eq!(code(&in_work(&["save", "dir", "../src", "--key", "k-2"])), 0);
+    let j = ok_json(&in_work(&["--json", "restore", "../out", "--key", "k-2"]));
+    let out = d.path().canonicalize().unwrap().join("out");
+    assert_eq!(j["path"], out.to_str().unwrap(), "{j}");
+    assert_eq!(describe(&out), describe(&src));
+    // Through a symlink, `..` is the kernel's: the parent of where the link points.
+    let deep = d.path().join("a/b");
+    fs::create_dir_all(&deep).unwrap();
+    std::os::unix::fs::symlink(&deep, work.join("to-b")).unwrap();
+    let j = ok_json(&in_work(&["--json", "restore", "to-b/../via-link", "--key", "k-2"]));
+    let via = d.path().canonicalize().unwrap().join("a/via-link");
+    assert_eq!(j["path"], via.to_str().unwrap(), "{j}");
+    assert_eq!(describe(&via), describe(&src));
+}
+
+/// Progress bars counted in MiB while summaries said MB: one unit system (decimal) for both.
+/// The bar only shows on a terminal: `script` (util-linux) gives the save one.
+#[test]
+fn progress_bars_and_summaries_use_the_same_units() {
+    if Command::new("script").arg("--version").output().is_err() {
+        skip("progress_bars_and_summaries_use_the_same_units: no `script` (util-linux) for a terminal");
+        return;
+    }
+    let d = tmp();
+    let src = d.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("two-megabytes"), vec![7u8; 2_000_000]).unwrap();
+    let cmd = format!(
+        "{} --store {} save dir {} --key units",
+        bin().display(),
+        d.path().join("store").display(),
+        src.display()
+    );
+    let o = Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .env_remove("ENVSNAP_STORE")
+        .output()
+        .unwrap();
+    let tty = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{tty}");
+    assert!(
+        tty.contains("hashing") && tty.contains("/2.00 MB"),
+        "no decimal bar: {tty}"
+    );
+    assert!(tty.contains("(2.0 MB)"), "summary: {tty}");
+    assert!(!tty.contains("MiB"), "binary units: {tty}");
+}
+
+/// The venv summary wrapped at 120 columns (paths of the venv and its interpreter, then the
+/// interpreter again on restore): one short line each, the details under -v.
+#[test]
+fn venv_summaries_are_short_lines_with_details_under_verbose() {
+    let Some(py) = any_python3() else {
+        skip("venv_summaries_are_short_lines_with_details_under_verbose: no python3 with venv found");
+        return;
+    };
+    let d = tmp();
+    let (venv, store) = (d.path().join("venv"), d.path().join("store"));
+    let st = Command::new(&py)
+        .args(["-m", "venv", "--without-pip"])
+        .arg(&venv)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let home = py.parent().unwrap().to_str().unwrap().to_string();
+    let check = |o: &Output, verbose: bool| {
+        let e = stderr(o);
+        assert_eq!(code(o), 0, "{e}");
+        for l in e.lines() {
+            assert!(l.len() <= 120, "a {}-column line: {l}", l.len());
+        }
+        assert_eq!(e.contains(&home), verbose, "the interpreter's home only with -v: {e}");
+    };
+    let v = venv.to_str().unwrap();
+    check(&envsnap(&store, &["save", "venv", v, "--key", "venv-1"]), false);
+    check(&envsnap(&store, &["-v", "save", "venv", v, "--key", "venv-1"]), true);
+    let out = d.path().join("restored");
+    let o = out.to_str().unwrap();
+    check(&envsnap(&store, &["restore", o, "--key", "venv-1"]), false);
+    check(
+        &envsnap(&store, &["-v", "restore", o, "--key", "venv-1", "--force"]),
+        true,
+    );
+}

@@ -172,7 +172,7 @@ fn show_apt(ctx: &Ctx, m: &AptMeta) {
         if v.is_empty() {
             "none".to_string()
         } else {
-            human_list(&v, "and")
+            format!("{}: {}", plural(v.len() as u64, "package"), human_list(&v, "and"))
         }
     };
     outln!(
@@ -203,7 +203,7 @@ fn show_apt(ctx: &Ctx, m: &AptMeta) {
         )
     );
     outln!(
-        "also:           {}, {} merged",
+        "paths:          {}, {} merged",
         plural(m.removed_paths.len() as u64, "removed path"),
         plural(m.shared.len() as u64, "shared state file")
     );

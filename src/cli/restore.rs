@@ -351,7 +351,7 @@ fn restore_venv(f: &Found) -> Result<Outcome> {
             .and_then(|v| v.as_str().map(String::from))
             .unwrap_or_default()
     );
-    let dest = std::path::absolute(dest).unwrap_or_else(|_| dest.to_path_buf());
+    let dest = restore::resolve_dest(dest).unwrap_or_else(|_| dest.to_path_buf());
     if a.dry_run {
         ctx.ui.info(format!(
             "dry run: would restore venv {} ({} hit) to {}: {}, {}, {}, interpreter {interp}",

@@ -68,11 +68,12 @@ pub struct Plan {
     pub private_copies: HashSet<Vec<u8>>,
 }
 
-/// Is `p` missing, an empty directory, or something else?
+/// Is `p` missing, an empty directory, or something else (and what, for the message)?
 enum DestState {
     Missing,
     Empty,
-    Occupied,
+    /// "is not empty", "is a file", …: what a restore without `--force` refuses to replace.
+    Occupied(&'static str),
 }
 
 fn dest_state(p: &Path) -> Result<DestState> {
@@ -84,32 +85,43 @@ fn dest_state(p: &Path) -> Result<DestState> {
             Ok(if rd.next().is_none() {
                 DestState::Empty
             } else {
-                DestState::Occupied
+                DestState::Occupied("exists and is not empty")
             })
         }
-        Ok(_) => Ok(DestState::Occupied),
+        Ok(m) if m.is_file() => Ok(DestState::Occupied("is a file")),
+        Ok(m) if m.file_type().is_symlink() => Ok(DestState::Occupied("is a symlink")),
+        Ok(_) => Ok(DestState::Occupied("is a special file")),
     }
+}
+
+/// The absolute destination for `dest`. `..` means what the kernel makes of it, as it does for
+/// a save's source: the part up to the last `..` is resolved on the filesystem (through
+/// symlinks, so it must exist); the rest is created by the restore.
+pub fn resolve_dest(dest: &Path) -> Result<PathBuf> {
+    use std::path::Component;
+    let abs = std::path::absolute(dest).at("resolve", dest)?;
+    let comps: Vec<Component> = abs.components().collect();
+    let Some(last) = comps.iter().rposition(|c| *c == Component::ParentDir) else {
+        return Ok(abs);
+    };
+    let head: PathBuf = comps[..=last].iter().collect();
+    let tail: PathBuf = comps[last + 1..].iter().collect();
+    Ok(fs::canonicalize(&head).at("resolve", &head)?.join(tail))
 }
 
 /// Validate the snapshot's entries and the destination. Writes nothing.
 pub fn plan(snapshot: &SnapshotRow, manifest: Manifest, dest: &Path, opts: &RestoreOptions) -> Result<Plan> {
     manifest.validate_tree(&snapshot.key)?;
-    let dest = std::path::absolute(dest).at("resolve", dest)?;
-    if dest.components().any(|c| c == std::path::Component::ParentDir) {
-        return Err(Error::Usage(format!(
-            "restore destination {} contains `..`: give a path without it",
-            dest.display()
-        )));
-    }
+    let dest = resolve_dest(dest)?;
     if dest.parent().is_none() {
         return Err(Error::Usage(format!("cannot restore a tree onto {}", dest.display())));
     }
     let replaces = match dest_state(&dest)? {
         DestState::Missing | DestState::Empty => false,
-        DestState::Occupied if opts.force => true,
-        DestState::Occupied => {
+        DestState::Occupied(_) if opts.force => true,
+        DestState::Occupied(what) => {
             return Err(Error::Usage(format!(
-                "{} exists and is not empty: pass --force to replace it, or restore elsewhere",
+                "{} {what}: pass --force to replace it, or restore elsewhere",
                 dest.display()
             )))
         }
@@ -310,10 +322,11 @@ impl Staged {
                 // rename(2) replaces an empty directory atomically.
                 fs::rename(&staged, &dest).at("rename into place", &dest)
             }
-            Ok(DestState::Occupied) if plan.force => staging::swap(&staged, &dest),
-            Ok(DestState::Occupied) => Err(Error::Usage(format!(
-                "{} appeared while restoring and is not empty: pass --force to replace it",
-                dest.display()
+            Ok(DestState::Occupied(_)) if plan.force => staging::swap(&staged, &dest),
+            Ok(DestState::Occupied(what)) => Err(Error::Usage(format!(
+                "{} appeared while restoring and {}: pass --force to replace it",
+                dest.display(),
+                what.trim_start_matches("exists and ")
             ))),
             Err(e) => Err(e),
         };
@@ -375,6 +388,12 @@ pub fn clean_leftovers(dest: &Path) -> Leftovers {
 
 /// `rm -rf` that also copes with read-only directories (restored trees may have them).
 pub fn remove_tree(p: &Path) -> io::Result<()> {
+    // What `--force` replaced (or a killed restore left) may be a file or a symlink, not a tree.
+    match fs::symlink_metadata(p) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Ok(m) if !m.is_dir() => return fs::remove_file(p),
+        _ => {}
+    }
     match fs::remove_dir_all(p) {
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
             for d in walkdir::WalkDir::new(p).into_iter().filter_map(|e| e.ok()) {

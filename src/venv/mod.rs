@@ -153,7 +153,7 @@ pub fn decide(
     path_var: Option<OsString>,
 ) -> Result<RestorePlan> {
     let meta = VenvMeta::from_snapshot_meta(meta)?;
-    let dest = absolute(dest)?;
+    let dest = crate::restore::resolve_dest(dest)?;
     check_dest(&dest)?;
     let choice = interp::choose(&meta.interpreter, python, path_var, &dest)?;
     let root_moved = !meta.roots.contains(&dest);
