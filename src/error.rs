@@ -44,6 +44,10 @@ pub enum Error {
         path: String,
         why: &'static str,
     },
+    /// A remote store failed or refused (the message names the remote URL, the operation and
+    /// the HTTP status), or holds data that fails verification. Never a miss.
+    #[error("{0}")]
+    Remote(String),
     #[error("{0}")]
     Other(String),
 }

@@ -13,7 +13,8 @@
 //! - [`beneath`]: paths resolved beneath a root, never through a symlink leading out of it;
 //! - [`gc`] and [`verify`]: store maintenance; [`delete`]: dropping keys on purpose;
 //! - [`events`] and [`stats`]: one event per restore and save, and the statistics over them;
-//! - [`venv`]: virtualenv snapshots (save with per-file path notes, restore with fixups).
+//! - [`venv`]: virtualenv snapshots (save with per-file path notes, restore with fixups);
+//! - [`remote`]: a remote store on S3-compatible storage or a shared filesystem (packs, refs).
 
 pub mod apt;
 pub mod beneath;
@@ -27,6 +28,7 @@ pub mod key;
 pub mod lock;
 pub mod process;
 pub mod progress;
+pub mod remote;
 pub mod repo;
 pub mod restore;
 pub mod save;

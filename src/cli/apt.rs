@@ -85,7 +85,24 @@ pub fn run(ctx: &Ctx, a: AptArgs) -> Result<Outcome> {
                 update,
                 packages,
             };
+            // With a remote, the snapshot the remote's lookup finds is brought into the local
+            // store first, so the install's lookup hits it; a new save is pushed afterwards.
+            let remote = ctx.open_remote(&store)?;
+            if let Some(rm) = &remote {
+                let _lock = store.lock_shared()?;
+                if let Some((rref, _)) = rm.lookup(&req.key, &req.fallbacks)? {
+                    rm.pull(&store, &rref)?;
+                    rm.record_use(&rref)?;
+                }
+            }
             let r = apt::install(&store, &req)?;
+            let mut push_error = None;
+            let mut remote_json = serde_json::Value::Null;
+            if remote.is_some() && !matches!(r.outcome, InstallOutcome::Restored { .. }) {
+                (remote_json, push_error) = super::remote::push_after_save(ctx, &store, &r.key);
+            } else if let Some(rm) = &remote {
+                remote_json = super::remote::stats_json(rm);
+            }
             match &r.outcome {
                 InstallOutcome::Restored { restore } => {
                     print_restore(ctx, &r.key, restore);
@@ -113,11 +130,15 @@ pub fn run(ctx: &Ctx, a: AptArgs) -> Result<Outcome> {
                     github_output(&[("cache-hit", "false"), ("hit", "miss")])?;
                 }
             }
-            ctx.ui.emit_json(&serde_json::to_value(&r).unwrap_or_default());
+            let mut v = serde_json::to_value(&r).unwrap_or_default();
+            if remote.is_some() {
+                v["remote"] = remote_json;
+            }
+            ctx.ui.emit_json(&v);
             for ev in install_events(started_ns, &tpl, &r) {
                 super::manage::record_event(ctx, &store, &ev);
             }
-            Ok(Outcome::Done)
+            Ok(push_error.map_or(Outcome::Done, |e| super::remote::push_failed(ctx, &r.key, &e)))
         }
     }
 }

@@ -31,11 +31,43 @@ fn row_json(s: &SnapshotRow) -> serde_json::Value {
     })
 }
 
+/// A remote snapshot as `list`/`show` print it: the local row shape.
+fn remote_row(s: &envsnap::remote::RemoteSnapshot) -> SnapshotRow {
+    SnapshotRow {
+        id: 0,
+        key: s.key.clone(),
+        kind: s.kind.clone(),
+        created_ns: s.created_ns,
+        source: s.source.clone(),
+        tool_version: s.tool_version.clone(),
+        meta: serde_json::Value::Null,
+        files: s.files,
+        dirs: s.dirs,
+        symlinks: s.symlinks,
+        bytes: s.bytes,
+        root_mode: 0,
+        root_uid: 0,
+        root_gid: 0,
+        root_mtime_ns: 0,
+        last_restored_ns: s.last_restored_ns,
+    }
+}
+
 pub fn list(ctx: &Ctx, a: ListArgs) -> Result<Outcome> {
     let prefix = a.prefix.as_deref().map(|p| ctx.key_arg(p)).transpose()?;
-    let snaps = match ctx.open_store_read()? {
-        Some(store) => store.index().list(prefix.as_deref())?,
-        None => {
+    // Keys live on the remote when there is one (its index cache is in the local store).
+    let remote = match ctx.has_remote() {
+        true => ctx.open_remote(&ctx.open_store()?)?,
+        false => None,
+    };
+    let snaps = match (&remote, ctx.open_store_read()?) {
+        (Some(r), _) => {
+            let mut v: Vec<SnapshotRow> = r.list(prefix.as_deref().unwrap_or(""))?.iter().map(remote_row).collect();
+            v.sort_by_key(|s| std::cmp::Reverse(s.created_ns));
+            v
+        }
+        (None, Some(store)) => store.index().list(prefix.as_deref())?,
+        (None, None) => {
             ctx.ui.info(format!(
                 "no store at {} (nothing saved yet)",
                 ctx.store_path()?.display()
@@ -44,8 +76,11 @@ pub fn list(ctx: &Ctx, a: ListArgs) -> Result<Outcome> {
         }
     };
     if ctx.ui.json {
-        ctx.ui
-            .emit_json(&json!({ "snapshots": snaps.iter().map(row_json).collect::<Vec<_>>() }));
+        let mut v = json!({ "snapshots": snaps.iter().map(row_json).collect::<Vec<_>>() });
+        if let Some(r) = &remote {
+            v["remote"] = super::remote::stats_json(r);
+        }
+        ctx.ui.emit_json(&v);
         return Ok(Outcome::Done);
     }
     // The table is the command's output: stdout, so it can be piped.
@@ -73,6 +108,12 @@ pub fn list(ctx: &Ctx, a: ListArgs) -> Result<Outcome> {
 }
 
 pub fn show(ctx: &Ctx, a: ShowArgs) -> Result<Outcome> {
+    let key = ctx.key_arg(&a.key)?;
+    if ctx.has_remote() {
+        if let Some(r) = ctx.open_remote(&ctx.open_store()?)? {
+            return show_remote(ctx, &r, &key);
+        }
+    }
     let key = ctx.key_arg(&a.key)?;
     let no_snapshot = || Error::Usage(format!("no snapshot with key {key:?} (see `envsnap list`)"));
     let store = match ctx.open_store_read()? {
@@ -223,4 +264,37 @@ fn show_apt(ctx: &Ctx, m: &AptMeta) {
             outln!("  {}:{} {}", p.name, p.arch, p.version);
         }
     }
+}
+
+/// `show KEY` on the remote: the newest ref of exactly KEY and its manifest.
+fn show_remote(ctx: &Ctx, r: &envsnap::remote::Remote, key: &str) -> Result<Outcome> {
+    let Some(s) = r.list(key)?.into_iter().find(|s| s.key == key) else {
+        return Err(Error::Usage(format!(
+            "no snapshot with key {key:?} on {} (see `envsnap list`)",
+            r.url()
+        )));
+    };
+    let mut v = row_json(&remote_row(&s));
+    v["manifest"] = json!(s.manifest);
+    v["remote"] = super::remote::stats_json(r);
+    if ctx.ui.json {
+        ctx.ui.emit_json(&v);
+        return Ok(Outcome::Done);
+    }
+    outln!("key:            {}", s.key);
+    outln!("remote:         {}", r.url());
+    outln!("kind:           {}", s.kind);
+    outln!("source:         {}", s.source.display());
+    outln!("created:        {} by {}", time_ns(s.created_ns), s.tool_version);
+    outln!(
+        "last restored:  {}",
+        s.last_restored_ns.map(time_ns).unwrap_or_else(|| "never".into())
+    );
+    outln!(
+        "entries:        {} files, {} dirs, {} symlinks",
+        s.files, s.dirs, s.symlinks
+    );
+    outln!("size:           {}", bytes(s.bytes));
+    outln!("manifest:       {}", s.manifest);
+    Ok(Outcome::Done)
 }

@@ -21,6 +21,10 @@ pub struct GcArgs {
     /// Report what would be removed, remove nothing
     #[arg(long)]
     dry_run: bool,
+    /// With --remote: how long unreferenced remote data marked by one gc survives before a
+    /// later gc deletes it (concurrent saves finish within it)
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    grace: std::time::Duration,
 }
 
 #[derive(Args)]
@@ -43,6 +47,11 @@ fn parse_size(s: &str) -> std::result::Result<u64, String> {
 }
 
 pub fn gc(ctx: &Ctx, a: GcArgs) -> Result<Outcome> {
+    if ctx.remote_flag {
+        // The remote's cached index lives in the local store.
+        let store = ctx.open_store()?;
+        return remote_gc(ctx, &store, &a);
+    }
     let verb = if a.dry_run { "would remove" } else { "removed" };
     // Nothing to collect in a store that does not exist: never create one to say so.
     let Some(store) = ctx.open_store_read()? else {
@@ -91,7 +100,50 @@ pub fn gc(ctx: &Ctx, a: GcArgs) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
+/// `gc --remote`: refs by age and size, then two-phase removal of unreferenced data.
+fn remote_gc(ctx: &Ctx, store: &envsnap::Store, a: &GcArgs) -> Result<Outcome> {
+    let remote = super::remote::need_remote(ctx, store, "gc --remote")?;
+    let opts = envsnap::remote::gc::RemoteGcOptions {
+        max_age: Some(a.max_age),
+        max_size: a.max_size,
+        keep_last: a.keep_last,
+        grace: a.grace,
+        dry_run: a.dry_run,
+    };
+    let r = remote.gc(&opts)?;
+    for k in &r.removed_keys {
+        ctx.ui.detail(format!(
+            "{}removed key {k} from the remote",
+            if a.dry_run { "would have " } else { "" }
+        ));
+    }
+    ctx.ui.info(format!(
+        "gc {}{}: removed {} keys ({} refs), kept {}; marked {} packs and {} manifests; deleted {} packs ({}) and {} manifests marked at least {} ago",
+        remote.url(),
+        if a.dry_run { " (dry run)" } else { "" },
+        r.removed_keys.len(),
+        r.removed_refs,
+        r.kept_keys,
+        r.marked_packs,
+        r.marked_manifests,
+        r.deleted_packs,
+        bytes(r.deleted_pack_bytes),
+        r.deleted_manifests,
+        humantime::format_duration(a.grace)
+    ));
+    let mut v = serde_json::to_value(&r).unwrap_or_default();
+    v["remote"] = super::remote::stats_json(&remote);
+    ctx.ui.emit_json(&v);
+    Ok(Outcome::Done)
+}
+
 pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<Outcome> {
+    if ctx.has_remote() {
+        let store = ctx.open_store()?;
+        if let Some(remote) = ctx.open_remote(&store)? {
+            return remote_verify(ctx, &remote);
+        }
+    }
     let Some(store) = ctx.open_store_read()? else {
         ctx.ui.info(format!(
             "no store at {}: nothing to verify",
@@ -184,6 +236,36 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<Outcome> {
             plural(r.missing.len() as u64, "missing object"),
             plural(r.unreadable.len() as u64, "unreadable object"),
             plural(r.damaged_snapshots.len() as u64, "damaged snapshot"),
+        );
+        Ok(Outcome::Failed)
+    }
+}
+
+/// `verify` with a remote: every ref's manifest decodes and passes the safety rules, every object
+/// it references is in the index, and every pack the index names exists and is long enough.
+fn remote_verify(ctx: &Ctx, remote: &envsnap::remote::Remote) -> Result<Outcome> {
+    let r = remote.verify()?;
+    for p in &r.problems {
+        ctx.ui.warn(p);
+    }
+    let mut v = serde_json::to_value(&r).unwrap_or_default();
+    v["remote"] = super::remote::stats_json(remote);
+    ctx.ui.emit_json(&v);
+    if r.problems.is_empty() {
+        ctx.ui.info(format!(
+            "verified {}: {} keys, {} objects in {} packs: all present",
+            remote.url(),
+            r.keys,
+            r.objects,
+            r.packs
+        ));
+        Ok(Outcome::Done)
+    } else {
+        eprintln!(
+            "envsnap: error: remote {} has {} problems (first: {}): save the affected keys again",
+            remote.url(),
+            r.problems.len(),
+            r.problems[0]
         );
         Ok(Outcome::Failed)
     }

@@ -11,6 +11,7 @@ mod key;
 mod maint;
 mod manage;
 mod output;
+mod remote;
 mod restore;
 mod save;
 
@@ -32,6 +33,14 @@ pub struct Cli {
     /// Store directory [default: $ENVSNAP_STORE, else $XDG_CACHE_HOME/envsnap, else ~/.cache/envsnap]
     #[arg(long, global = true, value_name = "DIR")]
     store: Option<PathBuf>,
+    /// Remote store: s3://BUCKET[/PREFIX] or file:///PATH. Keys then live on the remote; the
+    /// local store is its object cache [env: ENVSNAP_REMOTE]. `gc` acts on the remote only
+    /// when given --remote (its URL may then be omitted)
+    #[arg(long, global = true, value_name = "URL", num_args = 0..=1, default_missing_value = "")]
+    remote: Option<String>,
+    /// Ignore ENVSNAP_REMOTE: purely local, as without a remote
+    #[arg(long, global = true, conflicts_with = "remote")]
+    no_remote: bool,
     /// Print one JSON object on stdout
     #[arg(long, global = true)]
     json: bool,
@@ -67,6 +76,10 @@ enum Command {
     Key(key::KeyArgs),
     /// apt snapshots: `apt begin` before installing, `apt install` for the conditional install
     Apt(apt::AptArgs),
+    /// Upload local snapshots to the remote (only the objects it lacks)
+    Push(remote::PushArgs),
+    /// Download snapshots from the remote into the local store
+    Pull(remote::PullArgs),
 }
 
 /// What a command ended with, beyond success: a miss exits 1.
@@ -80,6 +93,10 @@ pub enum Outcome {
 pub struct Ctx {
     pub ui: Ui,
     store_dir: Option<PathBuf>,
+    /// `--remote`, else `$ENVSNAP_REMOTE`, unless `--no-remote`.
+    remote: Option<String>,
+    /// `--remote` was on the command line (gc acts on the remote only then).
+    pub remote_flag: bool,
 }
 
 impl Ctx {
@@ -114,6 +131,18 @@ impl Ctx {
     pub fn key_arg(&self, key_or_template: &str) -> Result<String> {
         Ok(key::keys_for(self, key_or_template, &[], None, None, None)?.0)
     }
+
+    /// The configured remote, if any (no request is made until one is needed).
+    pub fn open_remote(&self, store: &Store) -> Result<Option<envsnap::remote::Remote>> {
+        self.remote
+            .as_deref()
+            .map(|u| envsnap::remote::Remote::open(u, store))
+            .transpose()
+    }
+
+    pub fn has_remote(&self) -> bool {
+        self.remote.is_some()
+    }
 }
 
 pub fn main() -> ExitCode {
@@ -133,7 +162,20 @@ pub fn main() -> ExitCode {
             verbose: cli.verbose,
         },
         store_dir: cli.store,
+        remote_flag: cli.remote.is_some(),
+        remote: if cli.no_remote {
+            None
+        } else {
+            cli.remote
+                .filter(|r| !r.is_empty())
+                .or_else(|| std::env::var("ENVSNAP_REMOTE").ok())
+                .filter(|r| !r.is_empty())
+        },
     };
+    if ctx.remote_flag && ctx.remote.is_none() {
+        eprintln!("envsnap: error: --remote needs a URL (s3://BUCKET/PREFIX or file:///PATH) or ENVSNAP_REMOTE");
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Save(a) => save::run(&ctx, a),
         Command::Restore(a) => restore::run(&ctx, a),
@@ -145,6 +187,8 @@ pub fn main() -> ExitCode {
         Command::Stats(a) => manage::stats(&ctx, a),
         Command::Key(a) => key::run(&ctx, a),
         Command::Apt(a) => apt::run(&ctx, a),
+        Command::Push(a) => remote::push(&ctx, a),
+        Command::Pull(a) => remote::pull(&ctx, a),
     };
     match result {
         Ok(Outcome::Done) => ExitCode::SUCCESS,

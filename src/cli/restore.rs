@@ -76,7 +76,37 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
         link: None,
         detail: None,
     };
-    let Some((snap, hit)) = store.lookup(&a.key, &a.fallbacks)? else {
+    let remote = ctx.open_remote(&store)?;
+    let found = match &remote {
+        // Keys live on the remote: look up there, then bring the snapshot into the local store
+        // (only the objects it lacks), and restore from there like a local hit.
+        Some(r) => match r.lookup(&a.key, &a.fallbacks)? {
+            None => None,
+            Some((rref, hit)) => {
+                // A dry run fetches too (into the local cache only): plans are made from a
+                // local snapshot. It records no use.
+                // The pull commits the snapshot to the local index: that is the restore's
+                // data, not bookkeeping, so it waits as long as a save would.
+                store.index().set_busy_timeout(envsnap::index::BUSY_TIMEOUT)?;
+                let (snap, rep) = r.pull(&store, &rref)?;
+                store.index().set_busy_timeout(envsnap::events::RECORD_WAIT)?;
+                ctx.ui.detail(format!(
+                    "fetched {} objects ({}) from {} packs in {} ranges from {}",
+                    rep.objects,
+                    bytes(rep.object_bytes),
+                    rep.packs,
+                    rep.ranges,
+                    r.url()
+                ));
+                if !a.dry_run {
+                    r.record_use(&rref)?;
+                }
+                Some((snap, hit))
+            }
+        },
+        None => store.lookup(&a.key, &a.fallbacks)?,
+    };
+    let Some((snap, hit)) = found else {
         github_output(&MISS_OUTPUTS)?;
         let out = super::miss(ctx, &a.key, &a.fallbacks, None);
         if !a.dry_run {
@@ -117,6 +147,7 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
         opts,
         start,
         facts: Default::default(),
+        remote: remote.as_ref(),
     };
     // Adapters restore their own kinds; everything else is a plain tree.
     let result = match snap.kind.as_str() {
@@ -207,15 +238,20 @@ struct Found<'a> {
     opts: RestoreOptions,
     start: Instant,
     facts: RefCell<Facts>,
+    remote: Option<&'a envsnap::remote::Remote>,
 }
 
 impl Found<'_> {
     /// The JSON fields every kind of restore reports.
     fn json(&self) -> serde_json::Value {
-        json!({
+        let mut v = json!({
             "hit": self.hit.as_str(), "key": self.a.key, "matched_key": self.snap.key,
             "kind": self.snap.kind, "dry_run": self.a.dry_run,
-        })
+        });
+        if let Some(r) = self.remote {
+            v["remote"] = super::remote::stats_json(r);
+        }
+        v
     }
 }
 

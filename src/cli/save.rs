@@ -56,9 +56,10 @@ pub fn run(ctx: &Ctx, args: SaveArgs) -> Result<Outcome> {
             let mut req = SaveRequest::tree(key, "dir", path);
             req.progress = bar.as_ref().map(|b| b as _);
             let report = save(&store, req)?;
-            print_report(ctx, &report, serde_json::json!({}));
+            let (remote, failed) = super::remote::push_after_save(ctx, &store, &report.key);
+            print_report(ctx, &report, remote_extra(ctx, serde_json::json!({}), remote));
             record_save(ctx, &store, started_ns, &tpl, &report);
-            Ok(Outcome::Done)
+            Ok(failed.map_or(Outcome::Done, |e| super::remote::push_failed(ctx, &report.key, &e)))
         }
         SaveWhat::Venv { path, key: tpl } => {
             // `{python}` is the venv's own interpreter.
@@ -88,9 +89,10 @@ pub fn run(ctx: &Ctx, args: SaveArgs) -> Result<Outcome> {
                 plural_of(r.files_with_paths, "file holds", "files hold"),
             ));
             let extra = serde_json::json!({ "venv": r.venv, "files_with_paths": r.files_with_paths });
-            print_report(ctx, &r.save, extra);
+            let (remote, failed) = super::remote::push_after_save(ctx, &store, &r.save.key);
+            print_report(ctx, &r.save, remote_extra(ctx, extra, remote));
             record_save(ctx, &store, started_ns, &tpl, &r.save);
-            Ok(Outcome::Done)
+            Ok(failed.map_or(Outcome::Done, |e| super::remote::push_failed(ctx, &r.save.key, &e)))
         }
         SaveWhat::Apt { root, key: tpl } => {
             let (key, _) = super::key::keys_for(ctx, &tpl, &[], None, None, Some(&root))?;
@@ -107,9 +109,14 @@ pub fn run(ctx: &Ctx, args: SaveArgs) -> Result<Outcome> {
                 plural(r.merged_files, "shared file"),
                 r.seconds
             ));
-            ctx.ui.emit_json(&serde_json::to_value(&r).unwrap_or_default());
+            let (remote, failed) = super::remote::push_after_save(ctx, &store, &r.key);
+            let mut v = serde_json::to_value(&r).unwrap_or_default();
+            if ctx.has_remote() {
+                v["remote"] = remote;
+            }
+            ctx.ui.emit_json(&v);
             super::manage::record_event(ctx, &store, &super::apt::save_event(started_ns, &tpl, &r));
-            Ok(Outcome::Done)
+            Ok(failed.map_or(Outcome::Done, |e| super::remote::push_failed(ctx, &r.key, &e)))
         }
     }
 }
@@ -133,6 +140,14 @@ fn record_save(ctx: &Ctx, store: &envsnap::Store, started_ns: i64, tpl: &str, r:
         })),
     };
     super::manage::record_event(ctx, store, &ev);
+}
+
+/// With a remote, the save's JSON gets a `remote` object (requests, bytes, what was pushed).
+fn remote_extra(ctx: &Ctx, mut extra: serde_json::Value, remote: serde_json::Value) -> serde_json::Value {
+    if ctx.has_remote() {
+        extra["remote"] = remote;
+    }
+    extra
 }
 
 /// The summary every kind of save prints; `extra` adds adapter fields to the JSON.

@@ -143,6 +143,21 @@ impl LocalObjects {
         })
     }
 
+    /// Add an object whose content is in memory (fetched from a remote), after checking it
+    /// hashes to `id`. Returns the object as written if this call added it.
+    pub fn put_verified(&self, id: &ObjectId, data: &[u8], mtime: filetime::FileTime) -> Result<Option<ObjectStat>> {
+        if blake3::hash(data).as_bytes() != &id.hash {
+            return Err(Error::Corrupt {
+                id: id.to_string(),
+                path: self.path(id),
+            });
+        }
+        if self.exists(id) {
+            return Ok(None);
+        }
+        self.write_new(id, data, mtime)
+    }
+
     fn temp_file(&self) -> Result<tempfile::NamedTempFile> {
         tempfile::Builder::new()
             .prefix("obj-")

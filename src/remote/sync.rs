@@ -1,0 +1,373 @@
+//! Moving snapshots between the local store and the remote.
+//!
+//! **Push** (after every save with a remote, and `envsnap push`): refresh the cached index (one
+//! listing), pack the objects the remote lacks, upload the packs in parallel, then one index
+//! file naming them, then the manifest, then the ref. A push killed
+//! anywhere leaves at worst unreferenced packs or an unreferenced manifest, which the next push
+//! ignores (or reuses) and gc removes; no key ever names missing data.
+//!
+//! **Pull** (a restore with a remote, and `envsnap pull`): read the manifest, check it like a
+//! local one, find the objects the local store lacks in the cached index, read just their byte
+//! ranges (nearby ranges coalesced, in parallel), verify each object's BLAKE3 before it enters
+//! the local store, then commit the snapshot to the local index under its key.
+
+use super::layout::{self, RefName};
+use super::pack::{self, Loc, PackBuilder};
+use super::{doc::Doc, Remote};
+use crate::error::{Error, Result};
+use crate::index::{NewSnapshot, SnapshotRow};
+use crate::statcache::StatCache;
+use crate::store::ObjectId;
+use crate::Store;
+use rayon::prelude::*;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Read;
+use std::sync::Mutex;
+
+/// Ranges of one pack closer than this are read as one request (reading a gap is cheaper than
+/// another round trip).
+const COALESCE_GAP: u64 = 1 << 20;
+/// One ranged read never spans more than this: bounded memory per request.
+const MAX_SPAN: u64 = 48 << 20;
+/// Objects compressed together before being appended to packs (bounded memory).
+const BATCH_BYTES: u64 = 64 << 20;
+/// Pack uploads in flight at once.
+const UPLOADS: usize = 4;
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct PushReport {
+    pub key: String,
+    pub manifest: String,
+    /// Objects the remote lacked, and their uncompressed bytes.
+    pub objects: u64,
+    pub object_bytes: u64,
+    pub packs: u64,
+    pub pack_bytes: u64,
+    /// The manifest document's compressed size (written on every push).
+    pub manifest_bytes: u64,
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct PullReport {
+    pub key: String,
+    pub manifest: String,
+    /// Objects fetched (the local store lacked them) and their uncompressed bytes.
+    pub objects: u64,
+    pub object_bytes: u64,
+    pub packs: u64,
+    pub ranges: u64,
+}
+
+impl Remote {
+    /// Upload the local snapshot under `key` (see the module docs for the order).
+    pub fn push(&self, store: &Store, key: &str) -> Result<PushReport> {
+        crate::key::validate(key)?;
+        let (row, manifest, scanner) = {
+            let idx = store.index();
+            let row = idx.get(key)?.ok_or_else(|| {
+                Error::Usage(format!(
+                    "no local snapshot with key {key:?} to push (see `envsnap list --no-remote`)"
+                ))
+            })?;
+            let manifest = idx.manifest(row.id)?;
+            let scanner = idx.snapshot_scanner(row.id)?;
+            (row, manifest, scanner)
+        };
+        let (mid, mbytes) = Doc::new(&row, &manifest, scanner).encode()?;
+        let mut report = PushReport {
+            key: key.to_string(),
+            manifest: mid.clone(),
+            ..Default::default()
+        };
+        // What the remote lacks, from the cached index: no per-object request.
+        let mut guard = self.index(true)?;
+        let cache = guard.as_mut().expect("index loaded");
+        let mut seen = HashSet::new();
+        let mut needed: Vec<(ObjectId, u64)> = Vec::new();
+        for e in manifest.files() {
+            let id = e.object.expect("validated: files have objects");
+            if !cache.contains(&id) && seen.insert(id) {
+                needed.push((id, e.size));
+            }
+        }
+        if !needed.is_empty() {
+            let packs = self.upload_packs(store, &needed, &mut report)?;
+            let (name, bytes) = pack::encode_index(&packs)?;
+            self.client
+                .block_on(self.client.write(&layout::index_path(&name), bytes.clone()))??;
+            cache.add(&name, &bytes, packs.into_iter().flat_map(|(_, l)| l).collect())?;
+        }
+        drop(guard);
+        // Always written, even when the remote has it: the fresh write is what tells a
+        // concurrent gc's sweep (which spares anything written after its mark) that the
+        // manifest is in use again, so a gc can never delete it between this write and the ref.
+        let mpath = layout::manifest_path(&mid);
+        self.client.block_on(self.client.write(&mpath, mbytes.clone()))??;
+        report.manifest_bytes = mbytes.len() as u64;
+        let _ = super::keep_file(&self.cache.join("manifests"), &mid, &mbytes);
+        let rpath = layout::ref_path(key, row.created_ns, &mid);
+        self.client.block_on(self.client.write(&rpath, Vec::new()))??;
+        Ok(report)
+    }
+
+    /// Compress the objects into packs (in parallel, in batches) while earlier packs upload.
+    fn upload_packs(
+        &self,
+        store: &Store,
+        needed: &[(ObjectId, u64)],
+        report: &mut PushReport,
+    ) -> Result<Vec<([u8; 32], Vec<(ObjectId, Loc)>)>> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<([u8; 32], Vec<u8>)>(UPLOADS);
+        let rx = Mutex::new(rx);
+        let failed: Mutex<Option<Error>> = Mutex::new(None);
+        let mut packs = Vec::new();
+        std::thread::scope(|s| -> Result<()> {
+            for _ in 0..UPLOADS {
+                s.spawn(|| loop {
+                    let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok((hash, data)) = next else { break };
+                    let path = layout::pack_path(&pack::hex(&hash));
+                    let r = self.client.block_on(self.client.write(&path, data)).and_then(|r| r);
+                    if let Err(e) = r {
+                        failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                    }
+                });
+            }
+            let result = (|| -> Result<()> {
+                let mut builder = PackBuilder::default();
+                let mut start = 0;
+                while start < needed.len() {
+                    let mut end = start;
+                    let mut raw = 0;
+                    while end < needed.len() && (end == start || raw < BATCH_BYTES) {
+                        raw += needed[end].1;
+                        end += 1;
+                    }
+                    let frames: Vec<Result<(ObjectId, u64, Vec<u8>)>> = needed[start..end]
+                        .par_iter()
+                        .map(|(id, _)| {
+                            let mut f = store.objects.open(id)?;
+                            let mut data = Vec::new();
+                            f.read_to_end(&mut data)
+                                .map_err(|e| Error::io("read", store.objects.path(id), e))?;
+                            if blake3::hash(&data).as_bytes() != &id.hash {
+                                return Err(Error::Corrupt {
+                                    id: id.to_string(),
+                                    path: store.objects.path(id),
+                                });
+                            }
+                            Ok((*id, data.len() as u64, pack::compress(&data)?))
+                        })
+                        .collect();
+                    for f in frames {
+                        let (id, size, frame) = f?;
+                        report.objects += 1;
+                        report.object_bytes += size;
+                        builder.push(id, size, &frame);
+                        if builder.full() {
+                            self.send_pack(std::mem::take(&mut builder), &tx, &mut packs, report, &failed)?;
+                        }
+                    }
+                    start = end;
+                }
+                if !builder.is_empty() {
+                    self.send_pack(builder, &tx, &mut packs, report, &failed)?;
+                }
+                Ok(())
+            })();
+            drop(tx);
+            result
+        })?;
+        if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(e);
+        }
+        Ok(packs)
+    }
+
+    fn send_pack(
+        &self,
+        builder: PackBuilder,
+        tx: &std::sync::mpsc::SyncSender<([u8; 32], Vec<u8>)>,
+        packs: &mut Vec<([u8; 32], Vec<(ObjectId, Loc)>)>,
+        report: &mut PushReport,
+        failed: &Mutex<Option<Error>>,
+    ) -> Result<()> {
+        if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(e);
+        }
+        let (hash, data, locs) = builder.finish();
+        report.packs += 1;
+        report.pack_bytes += data.len() as u64;
+        packs.push((hash, locs));
+        tx.send((hash, data))
+            .map_err(|_| Error::Remote(format!("remote {}: pack upload stopped", self.url())))
+    }
+
+    /// Fetch the snapshot `r` names into the local store and index; returns its local row.
+    pub fn pull(&self, store: &Store, r: &RefName) -> Result<(SnapshotRow, PullReport)> {
+        let doc = self.docs(vec![r.manifest.clone()])?.pop().expect("one doc");
+        let (row, manifest) = doc.to_snapshot(&r.key, r.created_ns)?;
+        let mut report = PullReport {
+            key: r.key.clone(),
+            manifest: r.manifest.clone(),
+            ..Default::default()
+        };
+        // Objects the local store lacks, each with the mtime of its first entry.
+        let mut seen = HashSet::new();
+        let mut needed: Vec<(ObjectId, i64)> = Vec::new();
+        for e in manifest.files() {
+            let id = e.object.expect("validated: files have objects");
+            if seen.insert(id) && !store.objects.exists(&id) {
+                needed.push((id, e.mtime_ns));
+            }
+        }
+        if !needed.is_empty() {
+            self.fetch(store, &r.key, &needed, &mut report)?;
+        }
+        let existing = store.index().same_snapshot(&row, &manifest)?;
+        if existing.is_none() {
+            let statcache = StatCache::new(doc.scanner.clone().unwrap_or_default(), Vec::new());
+            store.index().commit_snapshot(NewSnapshot {
+                row: &row,
+                manifest: &manifest,
+                statcache: &statcache,
+            })?;
+        }
+        let local = store.index().get(&r.key)?.ok_or_else(|| {
+            Error::Other(format!(
+                "snapshot {} vanished from the local index while it was pulled",
+                r.key
+            ))
+        })?;
+        Ok((local, report))
+    }
+
+    fn fetch(&self, store: &Store, key: &str, needed: &[(ObjectId, i64)], report: &mut PullReport) -> Result<()> {
+        // The manifest was written after the index naming its objects: a refresh finds them all.
+        let mut guard = self.index(false)?;
+        if needed
+            .iter()
+            .any(|(id, _)| !guard.as_ref().expect("loaded").contains(id))
+        {
+            drop(guard);
+            guard = self.index(true)?;
+        }
+        let cache = guard.as_ref().expect("loaded");
+        let pending = if needed.iter().any(|(id, _)| !cache.contains(id)) {
+            self.pending_entries()?
+        } else {
+            HashMap::new()
+        };
+        let mut by_pack: BTreeMap<[u8; 32], Vec<(ObjectId, Loc, i64)>> = BTreeMap::new();
+        for (id, mtime) in needed {
+            let loc = cache.get(id).or_else(|| pending.get(id)).ok_or_else(|| {
+                Error::Remote(format!(
+                    "remote {}: snapshot {key} references object {id} that no pack index lists: the remote is incomplete or damaged",
+                    self.url()
+                ))
+            })?;
+            by_pack.entry(loc.pack).or_default().push((*id, *loc, *mtime));
+        }
+        drop(guard);
+        report.packs = by_pack.len() as u64;
+        // Coalesce each pack's ranges.
+        let mut ranges: Vec<([u8; 32], u64, u64, Vec<(ObjectId, Loc, i64)>)> = Vec::new();
+        for (pack, mut objs) in by_pack {
+            objs.sort_by_key(|o| o.1.offset);
+            let mut cur: Option<(u64, u64, Vec<(ObjectId, Loc, i64)>)> = None;
+            for o in objs {
+                let (s, e) = (o.1.offset, o.1.offset + o.1.clen as u64);
+                cur = match cur {
+                    Some((cs, ce, mut v)) if s <= ce + COALESCE_GAP && e - cs <= MAX_SPAN => {
+                        v.push(o);
+                        Some((cs, ce.max(e), v))
+                    }
+                    Some((cs, ce, v)) => {
+                        ranges.push((pack, cs, ce, v));
+                        Some((s, e, vec![o]))
+                    }
+                    None => Some((s, e, vec![o])),
+                };
+            }
+            if let Some((cs, ce, v)) = cur {
+                ranges.push((pack, cs, ce, v));
+            }
+        }
+        report.ranges = ranges.len() as u64;
+        // Largest first, so the long reads start early.
+        ranges.sort_by_key(|r| std::cmp::Reverse(r.2 - r.1));
+        let queue = Mutex::new(ranges);
+        let failed: Mutex<Option<Error>> = Mutex::new(None);
+        let fetched = std::sync::atomic::AtomicU64::new(0);
+        let fetched_bytes = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..super::client::CONCURRENCY.min(8) {
+                s.spawn(|| loop {
+                    if failed.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                        break;
+                    }
+                    let Some((pack, start, end, objs)) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop() else {
+                        break;
+                    };
+                    let r = self.fetch_range(store, &pack, start, end, &objs);
+                    match r {
+                        Ok(bytes) => {
+                            fetched.fetch_add(objs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                            fetched_bytes.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(e);
+        }
+        report.objects = fetched.into_inner();
+        report.object_bytes = fetched_bytes.into_inner();
+        Ok(())
+    }
+
+    /// Read one coalesced range, decompress and verify each object, add it to the local store.
+    fn fetch_range(
+        &self,
+        store: &Store,
+        pack: &[u8; 32],
+        start: u64,
+        end: u64,
+        objs: &[(ObjectId, Loc, i64)],
+    ) -> Result<u64> {
+        let name = pack::hex(pack);
+        let path = layout::pack_path(&name);
+        let data = self.client.block_on(self.client.read_range(&path, start, end))??;
+        let mut bytes = 0;
+        for (id, loc, mtime) in objs {
+            let a = (loc.offset - start) as usize;
+            let frame = &data[a..a + loc.clen as usize];
+            let content = pack::decompress_verified(frame, id, loc.size, &name)?;
+            let t = filetime::FileTime::from_unix_time(
+                mtime.div_euclid(1_000_000_000),
+                mtime.rem_euclid(1_000_000_000) as u32,
+            );
+            store.objects.put_verified(id, &content, t)?;
+            bytes += loc.size;
+        }
+        Ok(bytes)
+    }
+}
+
+/// Distinct objects of manifests, for gc and verify.
+pub fn objects_of(docs: &[Doc]) -> Result<HashMap<ObjectId, u64>> {
+    let mut out = HashMap::new();
+    for d in docs {
+        let (_, m) = d.to_snapshot("gc", 0)?;
+        for e in m.files() {
+            if let Some(o) = e.object {
+                out.insert(o, e.size);
+            }
+        }
+    }
+    Ok(out)
+}
