@@ -120,12 +120,16 @@ fn aws_env(endpoint: &str) -> Vec<(String, String)> {
     .collect()
 }
 
+/// moto checks no signatures unless asked to, but serves anonymous GETs of private objects
+/// with 403: a request that names an access key is served.
+const FAKE_AUTH: &str = "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00\r\n";
+
 /// One plain HTTP/1.1 request; (status, body).
 fn http(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{FAKE_AUTH}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )
     .unwrap();
@@ -402,4 +406,625 @@ fn missing_bucket_and_wrong_credentials_are_one_clear_line_exit_2() {
     assert_eq!(code(&o), 2, "{err}");
     assert!(err.contains("s3://b/x") && err.contains("cannot reach"), "{err}");
     assert!(!d.path().join("out").exists());
+}
+
+impl Remote {
+    fn s3_port(&self) -> Option<u16> {
+        self._s3.as_ref().map(|s| s.port)
+    }
+
+    /// The raw object path of `rel` (relative to the layout root) on the server.
+    fn raw_path(&self, rel: &str) -> String {
+        match self.s3_port() {
+            Some(_) => format!("/envsnap-test/ci/cache/envsnap-v1/{rel}"),
+            None => format!("{}/envsnap-v1/{rel}", self.url.strip_prefix("file://").unwrap()),
+        }
+    }
+
+    /// Write an object behind envsnap's back (moto takes unsigned requests).
+    fn raw_put(&self, rel: &str, data: &[u8]) {
+        match self.s3_port() {
+            Some(port) => {
+                let (st, body) = http(port, "PUT", &self.raw_path(rel), data);
+                assert_eq!(st, 200, "{body}");
+            }
+            None => {
+                let p = PathBuf::from(self.raw_path(rel));
+                fs::create_dir_all(p.parent().unwrap()).unwrap();
+                fs::write(p, data).unwrap();
+            }
+        }
+    }
+
+    fn raw_get(&self, rel: &str) -> Vec<u8> {
+        match self.s3_port() {
+            Some(port) => {
+                let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                write!(
+                    s,
+                    "GET {} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{FAKE_AUTH}Connection: close\r\n\r\n",
+                    self.raw_path(rel)
+                )
+                .unwrap();
+                let mut resp = Vec::new();
+                s.read_to_end(&mut resp).unwrap();
+                let at = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                assert!(
+                    resp.starts_with(b"HTTP/1.1 200") || resp.starts_with(b"HTTP/1.0 200"),
+                    "GET {rel}: {}",
+                    String::from_utf8_lossy(&resp[..at])
+                );
+                resp[at..].to_vec()
+            }
+            None => fs::read(self.raw_path(rel)).unwrap(),
+        }
+    }
+
+    fn raw_delete(&self, rel: &str) {
+        match self.s3_port() {
+            Some(port) => {
+                let (st, body) = http(port, "DELETE", &self.raw_path(rel), b"");
+                assert!(st == 204 || st == 200, "{body}");
+            }
+            None => fs::remove_file(self.raw_path(rel)).unwrap(),
+        }
+    }
+
+    /// Object paths under `prefix` (relative to the layout root).
+    fn raw_list(&self, prefix: &str) -> Vec<String> {
+        match self.s3_port() {
+            Some(port) => {
+                let p = format!("ci/cache/envsnap-v1/{prefix}");
+                let (st, body) = http(port, "GET", &format!("/envsnap-test?list-type=2&prefix={p}"), b"");
+                assert_eq!(st, 200, "{body}");
+                body.split("<Key>")
+                    .skip(1)
+                    .map(|k| {
+                        k.split("</Key>")
+                            .next()
+                            .unwrap()
+                            .strip_prefix("ci/cache/envsnap-v1/")
+                            .unwrap()
+                            .to_string()
+                    })
+                    .collect()
+            }
+            None => {
+                let root = PathBuf::from(self.raw_path(""));
+                walkdir::WalkDir::new(root.join(prefix))
+                    .into_iter()
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.file_type().is_file())
+                    .map(|e| e.path().strip_prefix(&root).unwrap().to_string_lossy().into_owned())
+                    .collect()
+            }
+        }
+    }
+}
+
+fn ref_name(key: &str, created_ns: u64, manifest: &str) -> String {
+    format!("refs/{key}/{:020}-{manifest}", u64::MAX - created_ns)
+}
+
+/// Issue 9 (c): lookup reads every page of a listing: with 1,100 refs under one prefix the
+/// newest is the last key in listing order (beyond S3's first page of 1,000), and wins.
+#[test]
+fn fallback_lookup_finds_the_newest_of_more_than_1000_refs() {
+    for r in Remote::both() {
+        let d = tempfile::tempdir().unwrap();
+        let store = d.path().join("store");
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        fs::create_dir_all(&a).unwrap();
+        fs::create_dir_all(&b).unwrap();
+        fs::write(a.join("which"), b"old").unwrap();
+        fs::write(b.join("which"), b"newest").unwrap();
+        let ma = r.json(&store, &["save", "dir", s(&a), "--key", "seed-a"])["remote"]["pushed"]["manifest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let mb = r.json(&store, &["save", "dir", s(&b), "--key", "seed-b"])["remote"]["pushed"]["manifest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let base = 1_700_000_000_000_000_000u64;
+        let names: Vec<String> = (0..1100u64)
+            .map(|i| {
+                // many-1099 is the newest and lists last.
+                let m = if i == 1099 { &mb } else { &ma };
+                ref_name(
+                    &format!("many-{i:04}"),
+                    base + i * 1_000 + if i == 1099 { 10_000_000 } else { 0 },
+                    m,
+                )
+            })
+            .collect();
+        std::thread::scope(|sc| {
+            for chunk in names.chunks(140) {
+                let r = &r;
+                sc.spawn(move || chunk.iter().for_each(|n| r.raw_put(n, b"")));
+            }
+        });
+        let out = d.path().join("out");
+        let got = r.json(
+            &d.path().join("fresh"),
+            &["restore", s(&out), "--key", "many-none", "--fallback", "many-"],
+        );
+        assert_eq!(got["matched_key"], "many-1099", "{}: {got}", r.url);
+        assert_eq!(fs::read(out.join("which")).unwrap(), b"newest");
+        // The exact key still beats a newer prefix match.
+        let got = r.json(
+            &d.path().join("fresh"),
+            &[
+                "restore",
+                s(&d.path().join("out2")),
+                "--key",
+                "many-0003",
+                "--fallback",
+                "many-",
+            ],
+        );
+        assert_eq!(
+            (got["hit"].as_str(), got["matched_key"].as_str()),
+            (Some("exact"), Some("many-0003"))
+        );
+        let listed = r.json(&d.path().join("fresh"), &["list", "many-"]);
+        assert_eq!(listed["snapshots"].as_array().unwrap().len(), 1100);
+    }
+}
+
+/// A restore that must fail leaves no destination and no snapshot in the local store.
+fn assert_refused(r: &Remote, d: &Path, key: &str, expect: &[&str]) {
+    let fresh = d.join(format!("fresh-{}", rand_suffix()));
+    let out = d.join(format!("out-{}", rand_suffix()));
+    let o = r.run(&fresh, &["restore", s(&out), "--key", key]);
+    let err = stderr(&o);
+    assert_eq!(code(&o), 2, "{}: {err}", r.url);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    for e in expect {
+        assert!(err.contains(e), "{}: expected {e:?} in: {err}", r.url);
+    }
+    assert!(!out.exists(), "a refused restore wrote its destination");
+    let listed = ok_json(&envsnap(&fresh, &["--json", "list"]));
+    assert_eq!(listed["snapshots"].as_array().unwrap().len(), 0, "{listed}");
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed).to_string()
+}
+
+/// Issue 9 (d): a flipped byte in a pack, a truncated pack, a missing pack, a corrupt index
+/// and a manifest with `../` are each refused, naming what is wrong; nothing is written.
+#[test]
+fn a_corrupt_remote_is_refused_and_nothing_is_written() {
+    for r in Remote::both() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        tree(&src);
+        r.json(&d.path().join("a"), &["save", "dir", s(&src), "--key", "k"]);
+        let packs = r.raw_list("packs/");
+        assert_eq!(packs.len(), 1, "{packs:?}");
+        let pack = packs[0].clone();
+        let pack_name = pack.rsplit('/').next().unwrap().to_string();
+        let good = r.raw_get(&pack);
+
+        let mut flipped = good.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 0x40;
+        r.raw_put(&pack, &flipped);
+        assert_refused(&r, d.path(), "k", &["corrupt pack", &pack_name]);
+
+        r.raw_put(&pack, &good[..good.len() - 1000]);
+        assert_refused(&r, d.path(), "k", &["truncated", &pack_name]);
+
+        r.raw_delete(&pack);
+        assert_refused(&r, d.path(), "k", &[&pack_name]);
+        r.raw_put(&pack, &good);
+
+        // A manifest rewritten to hold "../escape", under its own (valid) name and a ref.
+        let refs = r.raw_list("refs/k/");
+        let mid_name = refs[0].rsplit('-').next().unwrap().to_string();
+        let z = r.raw_get(&format!("manifests/{mid_name}"));
+        let json = zstd::decode_all(&z[..]).unwrap();
+        let evil = String::from_utf8(json)
+            .unwrap()
+            .replace("\"p\":\"zero-length\"", "\"p\":\"../escape\"");
+        assert!(evil.contains("../escape"));
+        let evil_id = blake3::hash(evil.as_bytes()).to_hex().to_string();
+        r.raw_put(
+            &format!("manifests/{evil_id}"),
+            &zstd::encode_all(evil.as_bytes(), 3).unwrap(),
+        );
+        r.raw_put(&ref_name("evil", 1_900_000_000_000_000_000, &evil_id), b"");
+        assert_refused(&r, d.path(), "evil", &["unsafe entry", "../escape"]);
+        assert!(!d.path().join("escape").exists());
+
+        // A corrupt index file is named.
+        let idx = r.raw_list("index/");
+        let mut bad = r.raw_get(&idx[0]);
+        bad[3] ^= 1;
+        r.raw_put(&idx[0], &bad);
+        let name = idx[0].strip_prefix("index/").unwrap();
+        assert_refused(&r, d.path(), "k", &["corrupt pack index", name]);
+    }
+}
+
+/// Read one HTTP/1.1 message (headers, then a Content-Length body) from `s`; None at EOF.
+fn read_message(s: &mut impl Read, head_only_body: bool) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => buf.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+        .unwrap_or(0);
+    if !head_only_body {
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).ok()?;
+        buf.extend_from_slice(&body);
+    }
+    Some(buf)
+}
+
+/// A proxy in front of moto that answers every third request with 503 SlowDown (and some
+/// with 500 InternalError) instead of forwarding it.
+struct FlakyProxy {
+    port: u16,
+    failed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FlakyProxy {
+    fn start(upstream: u16) -> FlakyProxy {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Arc;
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let count = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let f2 = failed.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(mut client) = conn else { continue };
+                let (count, failed) = (count.clone(), f2.clone());
+                std::thread::spawn(move || {
+                    while let Some(req) = read_message(&mut client, false) {
+                        let n = count.fetch_add(1, Ordering::SeqCst);
+                        if n % 3 == 1 {
+                            failed.fetch_add(1, Ordering::SeqCst);
+                            let (status, code) = if n % 2 == 0 {
+                                ("500 Internal Server Error", "InternalError")
+                            } else {
+                                ("503 Slow Down", "SlowDown")
+                            };
+                            let body = format!("<Error><Code>{code}</Code><Message>try again</Message></Error>");
+                            let _ = write!(
+                                client,
+                                "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+                                body.len()
+                            );
+                            continue;
+                        }
+                        let is_head = req.starts_with(b"HEAD ");
+                        let Ok(mut up) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                            return;
+                        };
+                        if up.write_all(&req).is_err() {
+                            return;
+                        }
+                        let Some(resp) = read_message(&mut up, is_head) else {
+                            return;
+                        };
+                        if client.write_all(&resp).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        FlakyProxy { port, failed }
+    }
+}
+
+/// Issue 9 (h): with a server that fails a third of all requests transiently (503 SlowDown,
+/// 500 InternalError), save and a fresh-runner restore still succeed through retries.
+#[test]
+fn transient_server_errors_are_retried_and_the_restore_succeeds() {
+    let Some(s3) = S3::start() else { return };
+    s3.bucket("flaky");
+    let proxy = FlakyProxy::start(s3.port);
+    let r = Remote {
+        url: "s3://flaky/x".into(),
+        env: aws_env(&format!("http://127.0.0.1:{}", proxy.port)),
+        _s3: None,
+        _dir: None,
+    };
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    tree(&src);
+    r.json(&d.path().join("a"), &["save", "dir", s(&src), "--key", "k"]);
+    let out = d.path().join("out");
+    let got = r.json(&d.path().join("b"), &["restore", s(&out), "--key", "k"]);
+    assert!(got["remote"]["retries"].as_u64().unwrap() > 0, "{got}");
+    assert!(proxy.failed.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    assert_eq!(describe(&out), describe(&src));
+}
+
+/// A cp311 interpreter with venv support, found on PATH (python3.11).
+fn python311() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join("python3.11")).find(|p| {
+        Command::new(p)
+            .args(["-c", "import venv, ensurepip"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+fn wheelhouse() -> Option<PathBuf> {
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().to_path_buf();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/test-setup-venv.sh");
+    let out = Command::new(&script).arg(&target).output().ok()?;
+    out.status.success().then(|| target.join("fixtures/wheelhouse"))
+}
+
+fn pip(venv: &Path, wh: &Path, pkgs: &[&str]) {
+    let o = Command::new(venv.join("bin/pip"))
+        .args([
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "--no-index",
+            "--find-links",
+        ])
+        .arg(wh)
+        .args(pkgs)
+        .env_remove("VIRTUAL_ENV")
+        .env_remove("PYTHONPATH")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "pip: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Issue 9 (a, b) with a real venv: saved through the remote, restored on a "fresh runner" to
+/// another path, it imports its packages; adding one package uploads a small fraction.
+#[test]
+fn a_real_venv_round_trips_through_the_remote_and_one_more_package_uploads_little() {
+    let (Some(py), Some(wh)) = (python311(), wheelhouse()) else {
+        require("python3.11 with venv on PATH and the wheelhouse (.ci/test-setup-venv.sh)");
+        return;
+    };
+    for r in Remote::both() {
+        let d = tempfile::tempdir().unwrap();
+        let venv = d.path().join("proj/.venv");
+        let o = Command::new(&py).args(["-m", "venv"]).arg(&venv).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        pip(&venv, &wh, &["pyyaml", "six", "click"]);
+        let store = d.path().join("a");
+        let first = r.json(&store, &["save", "venv", s(&venv), "--key", "venv-1"]);
+        let full_up = first["remote"]["bytes_up"].as_u64().unwrap();
+        let dest = d.path().join("elsewhere/.venv");
+        let got = r.json(&d.path().join("b"), &["restore", s(&dest), "--key", "venv-1"]);
+        assert_eq!(got["hit"], "exact");
+        let o = Command::new(dest.join("bin/python"))
+            .args(["-c", "import yaml, six, click, sys; print(sys.prefix)"])
+            .env_remove("VIRTUAL_ENV")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), dest.to_str().unwrap());
+        // Restore → install one package → save from the fresh runner's store: small upload.
+        pip(&dest, &wh, &["markupsafe"]);
+        let next = r.json(&d.path().join("b"), &["save", "venv", s(&dest), "--key", "venv-2"]);
+        let up = next["remote"]["bytes_up"].as_u64().unwrap();
+        assert!(
+            up * 5 < full_up,
+            "{}: one more package uploaded {up} of {full_up}: {next}",
+            r.url
+        );
+        assert!(next["remote"]["requests"].as_u64().unwrap() <= 20, "{next}");
+    }
+}
+
+/// A tree of `n` incompressible files of `size` bytes (distinct per `seed`).
+fn noise_tree(root: &Path, n: usize, size: usize, seed: u64) {
+    fs::create_dir_all(root).unwrap();
+    let mut x = 0x9E3779B97F4A7C15u64 ^ seed.wrapping_mul(0x2545F4914F6CDD1D);
+    for i in 0..n {
+        let data: Vec<u8> = (0..size)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        fs::write(root.join(format!("f{i:03}")), data).unwrap();
+    }
+}
+
+/// Issue 9 (f): two, then four runners saving the same and different keys into one remote
+/// while others restore: every command succeeds, and every key then restores to the content
+/// one of its writers saved (last writer wins for a shared key).
+#[test]
+fn concurrent_runners_save_and_restore_through_one_remote() {
+    for r in Remote::both() {
+        let d = tempfile::tempdir().unwrap();
+        let seed_src = d.path().join("seed");
+        noise_tree(&seed_src, 20, 20_000, 99);
+        r.json(
+            &d.path().join("seed-store"),
+            &["save", "dir", s(&seed_src), "--key", "seed"],
+        );
+        for writers in [2usize, 4] {
+            let srcs: Vec<PathBuf> = (0..writers)
+                .map(|i| {
+                    let p = d.path().join(format!("src-{writers}-{i}"));
+                    noise_tree(&p, 20, 20_000, (writers * 10 + i) as u64);
+                    p
+                })
+                .collect();
+            let mut kids = Vec::new();
+            for (i, src) in srcs.iter().enumerate() {
+                // Half the writers share one key.
+                let key = if i % 2 == 0 {
+                    format!("shared-{writers}")
+                } else {
+                    format!("own-{writers}-{i}")
+                };
+                let store = d.path().join(format!("store-{writers}-{i}"));
+                kids.push(
+                    r.cmd(&store, &["save", "dir", s(src), "--key", &key])
+                        .stderr(Stdio::piped())
+                        .spawn()
+                        .unwrap(),
+                );
+            }
+            for i in 0..2 {
+                let store = d.path().join(format!("reader-{writers}-{i}"));
+                let out = d.path().join(format!("read-{writers}-{i}"));
+                kids.push(
+                    r.cmd(&store, &["restore", s(&out), "--key", "seed"])
+                        .stderr(Stdio::piped())
+                        .spawn()
+                        .unwrap(),
+                );
+            }
+            wait_all_ok(kids, &r.url);
+            for i in 0..2 {
+                assert_eq!(
+                    describe(&d.path().join(format!("read-{writers}-{i}"))),
+                    describe(&seed_src)
+                );
+            }
+            let out = d.path().join(format!("shared-out-{writers}"));
+            r.json(
+                &d.path().join(format!("check-{writers}")),
+                &["restore", s(&out), "--key", &format!("shared-{writers}")],
+            );
+            let got = describe(&out);
+            assert!(
+                srcs.iter().step_by(2).any(|src| describe(src) == got),
+                "shared key restored a tree no writer saved"
+            );
+            for (i, src) in srcs.iter().enumerate().filter(|(i, _)| i % 2 == 1) {
+                let out = d.path().join(format!("own-out-{writers}-{i}"));
+                r.json(
+                    &d.path().join(format!("check-{writers}")),
+                    &["restore", s(&out), "--key", &format!("own-{writers}-{i}")],
+                );
+                assert_eq!(describe(&out), describe(src));
+            }
+        }
+        assert_eq!(code(&r.run(&d.path().join("v"), &["verify"])), 0);
+    }
+}
+
+/// Issue 9 (g): gc --remote deletes unreferenced data only in a later run, after the grace
+/// period; a save running beside gc runs keeps its snapshot restorable; live keys survive.
+#[test]
+fn remote_gc_runs_beside_saves_and_deletes_garbage_only_after_the_grace_period() {
+    for r in Remote::both() {
+        let d = tempfile::tempdir().unwrap();
+        let store = d.path().join("store");
+        let (old, new) = (d.path().join("old"), d.path().join("new"));
+        noise_tree(&old, 10, 50_000, 1);
+        noise_tree(&new, 10, 50_000, 2);
+        r.json(&store, &["save", "dir", s(&old), "--key", "k"]);
+        // Re-saving k with other content makes the first pack garbage.
+        r.json(&store, &["save", "dir", s(&new), "--key", "k"]);
+        assert_eq!(r.raw_list("packs/").len(), 2);
+        // `--remote URL` (given by r.cmd) makes gc act on the remote.
+        let gc = |grace: &str| r.json(&store, &["gc", "--max-age", "30d", "--grace", grace]);
+        // Young packs are never marked.
+        let g = gc("1h");
+        assert_eq!(
+            (g["marked_packs"].as_u64(), g["deleted_packs"].as_u64()),
+            (Some(0), Some(0)),
+            "{g}"
+        );
+        // With a short grace: the first run marks, a run after the grace deletes.
+        std::thread::sleep(Duration::from_millis(2100));
+        let g = gc("2s");
+        assert_eq!(g["marked_packs"], 1, "{g}");
+        assert_eq!(g["deleted_packs"], 0, "{g}");
+        assert_eq!(
+            r.raw_list("packs/").len(),
+            2,
+            "marked data is kept until the grace is over"
+        );
+        // A save during the grace period, of new content, and gc runs beside it.
+        let during = d.path().join("during");
+        noise_tree(&during, 30, 50_000, 3);
+        let saver = r
+            .cmd(
+                &d.path().join("store2"),
+                &["save", "dir", s(&during), "--key", "during"],
+            )
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut gcs = Vec::new();
+        for _ in 0..3 {
+            gcs.push(
+                r.cmd(&store, &["gc", "--max-age", "30d", "--grace", "2s"])
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap(),
+            );
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        wait_all_ok(vec![saver], "save beside gc");
+        wait_all_ok(gcs, "gc beside a save");
+        std::thread::sleep(Duration::from_millis(2100));
+        let g = gc("2s");
+        assert!(g["deleted_packs"].as_u64().unwrap() >= 1, "{g}");
+        assert_eq!(code(&r.run(&d.path().join("v"), &["verify"])), 0);
+        for (key, src) in [("k", &new), ("during", &during)] {
+            let out = d.path().join(format!("out-{key}"));
+            r.json(
+                &d.path().join(format!("fresh-{key}")),
+                &["restore", s(&out), "--key", key],
+            );
+            assert_eq!(describe(&out), describe(src), "{key} after gc");
+        }
+    }
+}
+
+/// Issue 9 (g): a save killed at several points (while packing, uploading, between index,
+/// manifest and ref) never leaves a key naming missing data, and the next save completes.
+#[test]
+fn a_save_killed_midway_leaves_the_remote_consistent_and_the_next_save_completes() {
+    for r in Remote::both() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        noise_tree(&src, 60, 100_000, 7);
+        let store = d.path().join("store");
+        // Saved locally first, so each push starts at once and the kills land in the upload.
+        assert_eq!(code(&envsnap(&store, &["save", "dir", s(&src), "--key", "k"])), 0);
+        for delay_ms in [5u64, 20, 40, 80, 160, 320] {
+            let mut c = r.cmd(&store, &["push", "k"]);
+            c.env("ENVSNAP_REMOTE_PACK_BYTES", "300000");
+            let mut child = c.stderr(Stdio::null()).spawn().unwrap();
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            let _ = child.kill();
+            let _ = child.wait();
+            // Whatever the remote holds is whole: verify passes, and if k exists it restores.
+            let v = r.run(&d.path().join("v"), &["verify"]);
+            assert_eq!(code(&v), 0, "after a kill at {delay_ms} ms: {}", stderr(&v));
+        }
+        let mut c = r.cmd(&store, &["--json", "push", "k"]);
+        c.env("ENVSNAP_REMOTE_PACK_BYTES", "300000");
+        let o = c.output().unwrap();
+        ok_json(&o);
+        let out = d.path().join("out");
+        r.json(&d.path().join("fresh"), &["restore", s(&out), "--key", "k"]);
+        assert_eq!(describe(&out), describe(&src));
+    }
 }

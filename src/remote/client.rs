@@ -154,7 +154,8 @@ impl Client {
                 "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and the bucket's policy"
             }
             (ErrorKind::NotFound, _, _) => "the object is missing on the remote",
-            (_, None, _) => "cannot reach the server: check AWS_ENDPOINT_URL and the network",
+            (_, None, _) if unreachable(&text) => "cannot reach the server: check AWS_ENDPOINT_URL and the network",
+            (_, None, _) => "the transfer failed",
             _ => "the server refused the request",
         };
         let status = match (status, code) {
@@ -190,12 +191,19 @@ impl Client {
     /// Bytes `start..end` of an object; a short answer (a truncated object) is an error.
     pub async fn read_range(&self, path: &str, start: u64, end: u64) -> Result<Vec<u8>> {
         self.count();
-        let b = self
-            .op
-            .read_with(path)
-            .range(start..end)
-            .await
-            .map_err(|e| self.error("read", path, &e))?;
+        let b = self.op.read_with(path).range(start..end).await.map_err(|e| {
+            // A range past the end (a filesystem says so; S3 answers 416): truncated.
+            let t = e.to_string();
+            if e.kind() == ErrorKind::RangeNotSatisfied || t.contains("range exceeds") || t.contains("too little data")
+            {
+                Error::Remote(format!(
+                    "remote {}: {path} is truncated or corrupt: bytes {start}..{end} are not all there",
+                    self.url
+                ))
+            } else {
+                self.error("read", path, &e)
+            }
+        })?;
         self.stats.bytes_down.fetch_add(b.len() as u64, Ordering::Relaxed);
         if (b.len() as u64) != end - start {
             return Err(Error::Remote(format!(
@@ -297,6 +305,14 @@ fn to_ns(t: opendal::raw::Timestamp) -> i64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
+}
+
+/// No connection at all (refused, DNS, TLS), as reqwest words it.
+fn unreachable(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    ["error sending request", "connect", "dns", "tls", "timed out"]
+        .iter()
+        .any(|w| t.contains(w))
 }
 
 fn first_line(s: &str) -> &str {

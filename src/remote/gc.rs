@@ -19,7 +19,7 @@
 
 use super::client::Listed;
 use super::layout::{self, RefName};
-use super::pack::{self, Loc};
+use super::pack::{self, Loc, PackLocs};
 use super::Remote;
 use crate::error::{Error, Result};
 use crate::store::ObjectId;
@@ -203,7 +203,7 @@ impl Remote {
             for (id, l) in entries {
                 by_pack.entry(l.pack).or_default().push((id, l));
             }
-            let mut back: Vec<([u8; 32], Vec<(ObjectId, Loc)>)> = Vec::new();
+            let mut back: Vec<PackLocs> = Vec::new();
             for name in &pending.packs {
                 let Some(hash) = decode_hex(name).and_then(|h| <[u8; 32]>::try_from(h).ok()) else {
                     continue;
@@ -288,7 +288,7 @@ impl Remote {
         rep.marked_packs = marked_packs.len() as u64;
         rep.marked_manifests = manifests.len() as u64;
         if !marked_packs.is_empty() || !manifests.is_empty() {
-            let garbage: Vec<([u8; 32], Vec<(ObjectId, Loc)>)> = garbage.into_iter().collect();
+            let garbage: Vec<PackLocs> = garbage.into_iter().collect();
             let index = if garbage.is_empty() {
                 String::new()
             } else {
@@ -311,7 +311,7 @@ impl Remote {
                 for (id, l) in keep {
                     by_pack.entry(l.pack).or_default().push((id, l));
                 }
-                let packs: Vec<([u8; 32], Vec<(ObjectId, Loc)>)> = by_pack.into_iter().collect();
+                let packs: Vec<PackLocs> = by_pack.into_iter().collect();
                 let mut new_name = None;
                 if !packs.is_empty() {
                     let (name, bytes) = pack::encode_index(&packs)?;
@@ -356,7 +356,7 @@ impl Remote {
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 
 pub const CACHE_DIR: &str = "remotes-v1";
 
+/// A downloaded index file: name, bytes, entries.
+type Fetched = (String, Vec<u8>, Vec<(ObjectId, Loc)>);
+
 pub struct IndexCache {
     dir: PathBuf,
     files: BTreeMap<String, Vec<(ObjectId, Loc)>>,
@@ -110,7 +113,7 @@ impl IndexCache {
             let _ = std::fs::remove_file(self.dir.join("index").join(g));
         }
         let new: Vec<String> = names.into_iter().filter(|n| !self.files.contains_key(n)).collect();
-        let fetched: Vec<Result<(String, Vec<u8>, Vec<(ObjectId, Loc)>)>> = futures::stream::iter(new)
+        let fetched: Vec<Result<Fetched>> = futures::stream::iter(new)
             .map(|name| async move {
                 let bytes = client.read(&layout::index_path(&name)).await?;
                 let locs = decode_index(&name, &bytes)?;

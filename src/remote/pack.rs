@@ -20,10 +20,25 @@ const INDEX_MAGIC: &[u8; 8] = b"ESIDX001";
 /// A pack is closed once it holds this many compressed bytes: tens of MB, like restic's and
 /// kopia's, keeps request counts small without making one retry expensive.
 pub const PACK_TARGET: usize = 32 << 20;
+/// [`PACK_TARGET`], or `$ENVSNAP_REMOTE_PACK_BYTES` (tests use small packs to get many).
+pub fn pack_target() -> usize {
+    static T: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *T.get_or_init(|| {
+        std::env::var("ENVSNAP_REMOTE_PACK_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n: &usize| n > 0)
+            .unwrap_or(PACK_TARGET)
+    })
+}
+
 /// zstd's default level: what `tar --zstd` uses too.
 pub const LEVEL: i32 = 3;
 /// Decoding refuses index files that inflate beyond this (a hostile remote's zip bomb).
 const INDEX_LIMIT: u64 = 1 << 30;
+
+/// One pack and where each of its objects is in it.
+pub type PackLocs = ([u8; 32], Vec<(ObjectId, Loc)>);
 
 /// Where an object is on the remote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,7 +76,7 @@ impl PackBuilder {
     }
 
     pub fn full(&self) -> bool {
-        self.data.len() >= PACK_TARGET
+        self.data.len() >= pack_target()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -112,7 +127,7 @@ pub fn decompress_verified(frame: &[u8], id: &ObjectId, size: u64, pack_name: &s
 }
 
 /// Encode an index file for the given packs; returns (name, bytes).
-pub fn encode_index(packs: &[([u8; 32], Vec<(ObjectId, Loc)>)]) -> Result<(String, Vec<u8>)> {
+pub fn encode_index(packs: &[PackLocs]) -> Result<(String, Vec<u8>)> {
     let mut raw = Vec::with_capacity(16 + packs.iter().map(|p| 36 + p.1.len() * 53).sum::<usize>());
     raw.extend_from_slice(INDEX_MAGIC);
     raw.extend_from_slice(&(packs.len() as u32).to_le_bytes());

@@ -12,7 +12,12 @@
 //! the local store, then commit the snapshot to the local index under its key.
 
 use super::layout::{self, RefName};
-use super::pack::{self, Loc, PackBuilder};
+use super::pack::{self, Loc, PackBuilder, PackLocs};
+
+/// An object a pull needs: where it is, and the mtime its local copy gets.
+type Wanted = (ObjectId, Loc, i64);
+/// One ranged read: pack, start, end, and the objects in it.
+type Span = ([u8; 32], u64, u64, Vec<Wanted>);
 use super::{doc::Doc, Remote};
 use crate::error::{Error, Result};
 use crate::index::{NewSnapshot, SnapshotRow};
@@ -116,7 +121,7 @@ impl Remote {
         store: &Store,
         needed: &[(ObjectId, u64)],
         report: &mut PushReport,
-    ) -> Result<Vec<([u8; 32], Vec<(ObjectId, Loc)>)>> {
+    ) -> Result<Vec<PackLocs>> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<([u8; 32], Vec<u8>)>(UPLOADS);
         let rx = Mutex::new(rx);
         let failed: Mutex<Option<Error>> = Mutex::new(None);
@@ -188,7 +193,7 @@ impl Remote {
         &self,
         builder: PackBuilder,
         tx: &std::sync::mpsc::SyncSender<([u8; 32], Vec<u8>)>,
-        packs: &mut Vec<([u8; 32], Vec<(ObjectId, Loc)>)>,
+        packs: &mut Vec<PackLocs>,
         report: &mut PushReport,
         failed: &Mutex<Option<Error>>,
     ) -> Result<()> {
@@ -258,7 +263,7 @@ impl Remote {
         } else {
             HashMap::new()
         };
-        let mut by_pack: BTreeMap<[u8; 32], Vec<(ObjectId, Loc, i64)>> = BTreeMap::new();
+        let mut by_pack: BTreeMap<[u8; 32], Vec<Wanted>> = BTreeMap::new();
         for (id, mtime) in needed {
             let loc = cache.get(id).or_else(|| pending.get(id)).ok_or_else(|| {
                 Error::Remote(format!(
@@ -271,10 +276,10 @@ impl Remote {
         drop(guard);
         report.packs = by_pack.len() as u64;
         // Coalesce each pack's ranges.
-        let mut ranges: Vec<([u8; 32], u64, u64, Vec<(ObjectId, Loc, i64)>)> = Vec::new();
+        let mut ranges: Vec<Span> = Vec::new();
         for (pack, mut objs) in by_pack {
             objs.sort_by_key(|o| o.1.offset);
-            let mut cur: Option<(u64, u64, Vec<(ObjectId, Loc, i64)>)> = None;
+            let mut cur: Option<(u64, u64, Vec<Wanted>)> = None;
             for o in objs {
                 let (s, e) = (o.1.offset, o.1.offset + o.1.clen as u64);
                 cur = match cur {
@@ -331,14 +336,7 @@ impl Remote {
     }
 
     /// Read one coalesced range, decompress and verify each object, add it to the local store.
-    fn fetch_range(
-        &self,
-        store: &Store,
-        pack: &[u8; 32],
-        start: u64,
-        end: u64,
-        objs: &[(ObjectId, Loc, i64)],
-    ) -> Result<u64> {
+    fn fetch_range(&self, store: &Store, pack: &[u8; 32], start: u64, end: u64, objs: &[Wanted]) -> Result<u64> {
         let name = pack::hex(pack);
         let path = layout::pack_path(&name);
         let data = self.client.block_on(self.client.read_range(&path, start, end))??;
