@@ -62,7 +62,11 @@ pub fn list(ctx: &Ctx, a: ListArgs) -> Result<Outcome> {
     };
     let snaps = match (&remote, ctx.open_store_read()?) {
         (Some(r), _) => {
-            let mut v: Vec<SnapshotRow> = r.list(prefix.as_deref().unwrap_or(""))?.iter().map(remote_row).collect();
+            let mut v: Vec<SnapshotRow> = r
+                .list(prefix.as_deref().unwrap_or(""))?
+                .iter()
+                .map(remote_row)
+                .collect();
             v.sort_by_key(|s| std::cmp::Reverse(s.created_ns));
             v
         }
@@ -292,7 +296,9 @@ fn show_remote(ctx: &Ctx, r: &envsnap::remote::Remote, key: &str) -> Result<Outc
     );
     outln!(
         "entries:        {} files, {} dirs, {} symlinks",
-        s.files, s.dirs, s.symlinks
+        s.files,
+        s.dirs,
+        s.symlinks
     );
     outln!("size:           {}", bytes(s.bytes));
     outln!("manifest:       {}", s.manifest);

@@ -22,7 +22,7 @@ use super::{doc::Doc, Remote};
 use crate::error::{Error, Result};
 use crate::index::{NewSnapshot, SnapshotRow};
 use crate::statcache::StatCache;
-use crate::store::ObjectId;
+use crate::store::{ObjectId, ObjectStat};
 use crate::Store;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -226,9 +226,11 @@ impl Remote {
                 needed.push((id, e.mtime_ns));
             }
         }
-        if !needed.is_empty() {
-            self.fetch(store, &r.key, &needed, &mut report)?;
-        }
+        let written = if needed.is_empty() {
+            Vec::new()
+        } else {
+            self.fetch(store, &r.key, &needed, &mut report)?
+        };
         let existing = store.index().same_snapshot(&row, &manifest)?;
         if existing.is_none() {
             let statcache = StatCache::new(doc.scanner.clone().unwrap_or_default(), Vec::new());
@@ -236,7 +238,10 @@ impl Remote {
                 row: &row,
                 manifest: &manifest,
                 statcache: &statcache,
+                objects: &written,
             })?;
+        } else if !written.is_empty() {
+            store.index().record_objects(&written)?;
         }
         let local = store.index().get(&r.key)?.ok_or_else(|| {
             Error::Other(format!(
@@ -247,7 +252,14 @@ impl Remote {
         Ok((local, report))
     }
 
-    fn fetch(&self, store: &Store, key: &str, needed: &[(ObjectId, i64)], report: &mut PullReport) -> Result<()> {
+    /// Returns the objects written, as written (for the index's object stats).
+    fn fetch(
+        &self,
+        store: &Store,
+        key: &str,
+        needed: &[(ObjectId, i64)],
+        report: &mut PullReport,
+    ) -> Result<Vec<(ObjectId, ObjectStat)>> {
         // The manifest was written after the index naming its objects: a refresh finds them all.
         let mut guard = self.index(false)?;
         if needed
@@ -305,6 +317,7 @@ impl Remote {
         let failed: Mutex<Option<Error>> = Mutex::new(None);
         let fetched = std::sync::atomic::AtomicU64::new(0);
         let fetched_bytes = std::sync::atomic::AtomicU64::new(0);
+        let written: Mutex<Vec<(ObjectId, ObjectStat)>> = Mutex::new(Vec::new());
         std::thread::scope(|s| {
             for _ in 0..super::client::CONCURRENCY.min(8) {
                 s.spawn(|| loop {
@@ -314,7 +327,7 @@ impl Remote {
                     let Some((pack, start, end, objs)) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop() else {
                         break;
                     };
-                    let r = self.fetch_range(store, &pack, start, end, &objs);
+                    let r = self.fetch_range(store, &pack, start, end, &objs, &written);
                     match r {
                         Ok(bytes) => {
                             fetched.fetch_add(objs.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -332,11 +345,19 @@ impl Remote {
         }
         report.objects = fetched.into_inner();
         report.object_bytes = fetched_bytes.into_inner();
-        Ok(())
+        Ok(written.into_inner().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Read one coalesced range, decompress and verify each object, add it to the local store.
-    fn fetch_range(&self, store: &Store, pack: &[u8; 32], start: u64, end: u64, objs: &[Wanted]) -> Result<u64> {
+    fn fetch_range(
+        &self,
+        store: &Store,
+        pack: &[u8; 32],
+        start: u64,
+        end: u64,
+        objs: &[Wanted],
+        written: &Mutex<Vec<(ObjectId, ObjectStat)>>,
+    ) -> Result<u64> {
         let name = pack::hex(pack);
         let path = layout::pack_path(&name);
         let data = self.client.block_on(self.client.read_range(&path, start, end))??;
@@ -349,7 +370,9 @@ impl Remote {
                 mtime.div_euclid(1_000_000_000),
                 mtime.rem_euclid(1_000_000_000) as u32,
             );
-            store.objects.put_verified(id, &content, t)?;
+            if let Some(st) = store.objects.put_verified(id, &content, t)? {
+                written.lock().unwrap_or_else(|p| p.into_inner()).push((*id, st));
+            }
             bytes += loc.size;
         }
         Ok(bytes)
