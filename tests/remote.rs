@@ -289,8 +289,14 @@ fn lookup_asks_the_remote_exact_then_fallback_prefixes() {
         code(&envsnap(&store, &["save", "dir", s(&src), "--key", "local-only"])),
         0
     );
-    let o = r.run(&store, &["restore", s(&d.path().join("x")), "--key", "local-only"]);
+    let o = r.run(
+        &store,
+        &["--json", "restore", s(&d.path().join("x")), "--key", "local-only"],
+    );
     assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let miss: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(miss["hit"], "miss");
+    assert!(miss["remote"]["requests"].as_u64().unwrap() >= 1, "{miss}");
     r.json(&store, &["save", "dir", s(&src), "--key", "dep-old"]);
     fs::write(src.join("b"), b"b").unwrap();
     r.json(&store, &["save", "dir", s(&src), "--key", "dep-new"]);
@@ -1027,4 +1033,33 @@ fn a_save_killed_midway_leaves_the_remote_consistent_and_the_next_save_completes
         r.json(&d.path().join("fresh"), &["restore", s(&out), "--key", "k"]);
         assert_eq!(describe(&out), describe(&src));
     }
+}
+
+/// `delete` with a remote drops the key there (every ref, so no older one resurfaces): a
+/// fresh runner then misses it; other keys are untouched; a key the remote lacks exits 1.
+#[test]
+fn delete_with_a_remote_drops_the_key_on_the_remote() {
+    let r = Remote::file();
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    noise_tree(&src, 3, 1000, 5);
+    let store = d.path().join("store");
+    r.json(&store, &["save", "dir", s(&src), "--key", "gone"]);
+    fs::write(src.join("more"), b"x").unwrap();
+    r.json(&store, &["save", "dir", s(&src), "--key", "gone"]);
+    r.json(&store, &["save", "dir", s(&src), "--key", "kept"]);
+    assert_eq!(r.raw_list("refs/gone/").len(), 2);
+    let out = r.json(&store, &["delete", "gone"]);
+    assert_eq!(out["deleted"][0]["key"], "gone", "{out}");
+    assert!(r.raw_list("refs/gone/").is_empty());
+    let o = r.run(
+        &d.path().join("fresh"),
+        &["restore", s(&d.path().join("x")), "--key", "gone"],
+    );
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    r.json(
+        &d.path().join("fresh"),
+        &["restore", s(&d.path().join("y")), "--key", "kept"],
+    );
+    assert_eq!(code(&r.run(&store, &["delete", "never-saved"])), 1);
 }

@@ -272,7 +272,7 @@ fn show_apt(ctx: &Ctx, m: &AptMeta) {
 
 /// `show KEY` on the remote: the newest ref of exactly KEY and its manifest.
 fn show_remote(ctx: &Ctx, r: &envsnap::remote::Remote, key: &str) -> Result<Outcome> {
-    let Some(s) = r.list(key)?.into_iter().find(|s| s.key == key) else {
+    let Some(s) = r.show(key)? else {
         return Err(Error::Usage(format!(
             "no snapshot with key {key:?} on {} (see `envsnap list`)",
             r.url()

@@ -58,7 +58,12 @@ pub fn delete(ctx: &Ctx, a: DeleteArgs) -> Result<Outcome> {
         dry_run: a.dry_run,
     };
     let store = ctx.open_store()?;
-    let deleter: &dyn KeyDeleter = &store;
+    // Keys live on the remote when there is one.
+    let remote = ctx.open_remote(&store)?;
+    let deleter: &dyn KeyDeleter = match &remote {
+        Some(r) => r,
+        None => &store,
+    };
     let r = deleter.delete_keys(&req)?;
     let verb = if a.dry_run { "would delete" } else { "deleted" };
     for d in &r.deleted {
@@ -88,6 +93,10 @@ pub fn delete(ctx: &Ctx, a: DeleteArgs) -> Result<Outcome> {
             bytes(b),
             if a.dry_run { "would be" } else { "are" },
         ),
+        _ if remote.is_some() => {
+            "what no other snapshot uses goes with `envsnap gc --remote` (marked, then deleted after its grace period)"
+                .into()
+        }
         _ => "what no other snapshot uses goes at the next `envsnap gc`".into(),
     };
     ctx.ui.info(format!(
@@ -97,6 +106,9 @@ pub fn delete(ctx: &Ctx, a: DeleteArgs) -> Result<Outcome> {
     ));
     let mut v = serde_json::to_value(&r).unwrap_or_default();
     v["exit"] = json!(if r.missed() { 1 } else { 0 });
+    if let Some(rm) = &remote {
+        v["remote"] = super::remote::stats_json(rm);
+    }
     ctx.ui.emit_json(&v);
     Ok(if r.missed() { Outcome::Miss } else { Outcome::Done })
 }

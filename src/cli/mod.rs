@@ -230,7 +230,14 @@ fn report_error(ui: &Ui, e: &Error) -> ExitCode {
 /// A lookup that restored nothing: no snapshot for the key or its fallbacks, or (`reason`) an
 /// adapter refused the one found. Every miss is phrased and shaped the same way: one line
 /// `envsnap: miss: …` on stderr (silent with -q), and the same JSON fields.
-pub fn miss(ctx: &Ctx, key: &str, fallbacks: &[String], reason: Option<&str>) -> Outcome {
+/// `remote`: the `remote` JSON object when a remote was asked.
+pub fn miss(
+    ctx: &Ctx,
+    key: &str,
+    fallbacks: &[String],
+    reason: Option<&str>,
+    remote: Option<&envsnap::remote::Remote>,
+) -> Outcome {
     let quoted: Vec<String> = fallbacks.iter().map(|f| format!("{f:?}")).collect();
     let tried = match quoted.len() {
         0 => String::new(),
@@ -244,11 +251,15 @@ pub fn miss(ctx: &Ctx, key: &str, fallbacks: &[String], reason: Option<&str>) ->
     if !ctx.ui.quiet {
         eprintln!("envsnap: miss: {line}");
     }
-    ctx.ui.emit_json(&serde_json::json!({
+    let mut v = serde_json::json!({
         "hit": "miss", "key": key, "matched_key": null, "files": 0, "bytes": 0, "seconds": 0.0,
         "link": null, "reason": line, "exit": 1,
         // Kept from before misses had one shape: adapters' misses reported their reason here.
         "error": reason,
-    }));
+    });
+    if let Some(r) = remote {
+        v["remote"] = remote::stats_json(r);
+    }
+    ctx.ui.emit_json(&v);
     Outcome::Miss
 }

@@ -108,7 +108,7 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
     };
     let Some((snap, hit)) = found else {
         github_output(&MISS_OUTPUTS)?;
-        let out = super::miss(ctx, &a.key, &a.fallbacks, None);
+        let out = super::miss(ctx, &a.key, &a.fallbacks, None, remote.as_ref());
         if !a.dry_run {
             event.seconds = start.elapsed().as_secs_f64();
             super::manage::record_event(ctx, &store, &event);
@@ -193,7 +193,13 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
     match result {
         // An adapter refused the snapshot it was given (its interpreter is gone, the base
         // system drifted): a miss like any other, with its reason.
-        Err(e) if e.is_miss() => Ok(super::miss(ctx, &a.key, &a.fallbacks, Some(&e.to_string()))),
+        Err(e) if e.is_miss() => Ok(super::miss(
+            ctx,
+            &a.key,
+            &a.fallbacks,
+            Some(&e.to_string()),
+            remote.as_ref(),
+        )),
         r => r,
     }
 }

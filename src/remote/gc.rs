@@ -49,7 +49,12 @@ pub struct RemoteGcReport {
     pub deleted_manifests: u64,
     /// Marked packs put back because a snapshot references them again.
     pub restored_packs: u64,
+    /// The index files were replaced by one.
+    pub index_files_replaced: bool,
 }
+
+/// More index files than this are merged into one by gc.
+const MAX_INDEX_FILES: usize = 16;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Pending {
@@ -147,12 +152,17 @@ impl Remote {
         for r in &drop_refs {
             c.block_on(c.delete(&r.path))??;
         }
-        // Use records of dropped keys go too (they only ever mattered for ordering).
-        let use_list = c.block_on(c.list("uses/"))??;
+        // Use records only matter for ordering: the newest per remaining key stays, the rest
+        // (older ones, and every one of a dropped key) go.
+        let mut use_list = c.block_on(c.list("uses/"))??;
+        // S3 lists in name order, a filesystem in any order.
+        use_list.sort_by(|a, b| a.path.cmp(&b.path));
         let live_keys: HashSet<&str> = live.iter().map(|r| r.key.as_str()).collect();
+        let mut newest_use: HashSet<String> = HashSet::new();
         for u in &use_list {
+            // In name order a key's newest use comes first.
             if let Ok(n) = layout::parse_ref(&u.path) {
-                if !live_keys.contains(n.key.as_str()) {
+                if !live_keys.contains(n.key.as_str()) || !newest_use.insert(n.key.clone()) {
                     c.block_on(c.delete(&u.path))??;
                 }
             }
@@ -287,8 +297,8 @@ impl Remote {
             .collect();
         rep.marked_packs = marked_packs.len() as u64;
         rep.marked_manifests = manifests.len() as u64;
+        let garbage: Vec<PackLocs> = garbage.into_iter().collect();
         if !marked_packs.is_empty() || !manifests.is_empty() {
-            let garbage: Vec<PackLocs> = garbage.into_iter().collect();
             let index = if garbage.is_empty() {
                 String::new()
             } else {
@@ -303,27 +313,29 @@ impl Remote {
             };
             let json = serde_json::to_vec(&rec).map_err(|e| Error::Other(e.to_string()))?;
             c.block_on(c.write(&layout::gc_pending_path(now), json))??;
-            if !garbage.is_empty() {
-                // One index file for what stays replaces the ones read; files other saves
-                // wrote meanwhile are not touched.
-                let old: Vec<String> = cache.file_names().cloned().collect();
-                let mut by_pack: BTreeMap<[u8; 32], Vec<(ObjectId, Loc)>> = BTreeMap::new();
-                for (id, l) in keep {
-                    by_pack.entry(l.pack).or_default().push((id, l));
-                }
-                let packs: Vec<PackLocs> = by_pack.into_iter().collect();
-                let mut new_name = None;
-                if !packs.is_empty() {
-                    let (name, bytes) = pack::encode_index(&packs)?;
-                    c.block_on(c.write(&layout::index_path(&name), bytes.clone()))??;
-                    cache.add(&name, &bytes, packs.into_iter().flat_map(|(_, l)| l).collect())?;
-                    new_name = Some(name);
-                }
-                for o in old.into_iter().filter(|o| Some(o) != new_name.as_ref()) {
-                    c.block_on(c.delete(&layout::index_path(&o)))??;
-                    cache.forget(&o);
-                }
+        }
+        // One index file for what stays replaces the ones read, when garbage left the index or
+        // saves have written many small ones (a fresh runner reads every index file). Files
+        // other saves wrote meanwhile are not touched.
+        let old: Vec<String> = cache.file_names().cloned().collect();
+        if !garbage.is_empty() || old.len() > MAX_INDEX_FILES {
+            let mut by_pack: BTreeMap<[u8; 32], Vec<(ObjectId, Loc)>> = BTreeMap::new();
+            for (id, l) in keep {
+                by_pack.entry(l.pack).or_default().push((id, l));
             }
+            let packs: Vec<PackLocs> = by_pack.into_iter().collect();
+            let mut new_name = None;
+            if !packs.is_empty() {
+                let (name, bytes) = pack::encode_index(&packs)?;
+                c.block_on(c.write(&layout::index_path(&name), bytes.clone()))??;
+                cache.add(&name, &bytes, packs.into_iter().flat_map(|(_, l)| l).collect())?;
+                new_name = Some(name);
+            }
+            for o in old.into_iter().filter(|o| Some(o) != new_name.as_ref()) {
+                c.block_on(c.delete(&layout::index_path(&o)))??;
+                cache.forget(&o);
+            }
+            rep.index_files_replaced = true;
         }
         Ok(rep)
     }

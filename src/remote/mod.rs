@@ -142,6 +142,16 @@ impl Remote {
         let refs = self.refs(prefix, false)?;
         let mut seen = std::collections::HashSet::new();
         let newest: Vec<RefName> = refs.into_iter().filter(|r| seen.insert(r.key.clone())).collect();
+        self.describe(newest)
+    }
+
+    /// The snapshot exactly `key` names now, if any.
+    pub fn show(&self, key: &str) -> Result<Option<RemoteSnapshot>> {
+        let newest: Vec<RefName> = self.refs(key, true)?.into_iter().take(1).collect();
+        Ok(self.describe(newest)?.pop())
+    }
+
+    fn describe(&self, newest: Vec<RefName>) -> Result<Vec<RemoteSnapshot>> {
         let uses = self.last_uses()?;
         let docs = self.docs(newest.iter().map(|r| r.manifest.clone()).collect())?;
         Ok(newest
@@ -254,4 +264,66 @@ fn keep_file(dir: &std::path::Path, name: &str, bytes: &[u8]) -> Result<()> {
     tmp.persist(dir.join(name))
         .map_err(|e| Error::io("rename into", dir.join(name), e.error))?;
     Ok(())
+}
+
+/// `envsnap delete` with a remote: every ref of each key goes (so no older ref resurfaces),
+/// with its use records; the data goes with the next `gc --remote`s (two phases).
+impl crate::delete::KeyDeleter for Remote {
+    fn delete_keys(&self, req: &crate::delete::DeleteRequest) -> Result<crate::delete::DeleteReport> {
+        use crate::delete::{DeleteReport, DeletedKey};
+        for k in req.keys.iter().chain(&req.prefixes) {
+            crate::key::validate(k)?;
+        }
+        let mut report = DeleteReport {
+            dry_run: req.dry_run,
+            ..Default::default()
+        };
+        // Key -> all its refs, newest first.
+        let mut chosen: std::collections::BTreeMap<String, Vec<RefName>> = Default::default();
+        for k in &req.keys {
+            let refs = self.refs(k, true)?;
+            if refs.is_empty() {
+                report.missing_keys.push(k.clone());
+            }
+            for r in refs {
+                chosen.entry(r.key.clone()).or_default().push(r);
+            }
+        }
+        for p in &req.prefixes {
+            let refs = self.refs(p, false)?;
+            if refs.is_empty() {
+                report.empty_prefixes.push(p.clone());
+            }
+            for r in refs {
+                let v = chosen.entry(r.key.clone()).or_default();
+                if !v.iter().any(|x| x.path == r.path) {
+                    v.push(r);
+                }
+            }
+        }
+        let newest: Vec<&RefName> = chosen.values().filter_map(|v| v.first()).collect();
+        let docs = self.docs(newest.iter().map(|r| r.manifest.clone()).collect())?;
+        for (r, d) in newest.iter().zip(&docs) {
+            report.deleted.push(DeletedKey {
+                key: r.key.clone(),
+                kind: d.kind.clone(),
+                files: d.files,
+                bytes: d.bytes,
+                created_ns: r.created_ns,
+            });
+        }
+        if req.dry_run {
+            return Ok(report);
+        }
+        let c = &self.client;
+        for (key, refs) in &chosen {
+            for r in refs {
+                c.block_on(c.delete(&r.path))??;
+            }
+            for u in c.block_on(c.list(&layout::refs_of_key(key).replacen("refs/", "uses/", 1)))?? {
+                c.block_on(c.delete(&u.path))??;
+            }
+        }
+        Ok(report)
+    }
 }
