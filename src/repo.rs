@@ -84,8 +84,9 @@ impl Store {
         if root.exists() && !root.is_dir() {
             return Err(Error::Usage(format!("store {} is not a directory", root.display())));
         }
-        std::fs::create_dir_all(root).at("create store directory", root)?;
+        crate::store::private_dir(root)?;
         let root = root.canonicalize().at("resolve", root)?;
+        crate::store::tighten_dir(&root);
         // SQLite would only say "unable to open database file": name the real problem.
         writable(&root)?;
         // An existing store without an index lost every snapshot: `verify` must say so rather

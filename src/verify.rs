@@ -32,6 +32,8 @@ pub struct VerifyReport {
     /// Keys of the broken snapshots `--repair` removed: their restores become misses (a CI job
     /// rebuilds and saves them again) instead of failing on the object they lack.
     pub removed_snapshots: Vec<String>,
+    /// Corrupt objects a hardlink restore moved to `quarantine/` (`--repair` deletes them).
+    pub quarantined: Vec<String>,
 }
 
 impl VerifyReport {
@@ -41,6 +43,7 @@ impl VerifyReport {
             && self.unreadable.is_empty()
             && self.damaged_snapshots.is_empty()
             && !self.index_missing
+            && self.quarantined.is_empty()
     }
 
     /// After `--repair`: is the store sound now? Corrupt objects and every broken snapshot
@@ -59,6 +62,15 @@ pub fn verify(store: &Store, repair: bool) -> Result<VerifyReport> {
         store.lock_shared()?
     };
     let present = store.objects.scan()?;
+    let qdir = store.objects.quarantine_dir();
+    let mut quarantined: Vec<String> = match std::fs::read_dir(&qdir) {
+        Ok(rd) => rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    quarantined.sort();
     let checked: Vec<(ObjectId, Result<bool>)> = present
         .par_iter()
         .map(|(id, _)| (*id, store.objects.check(id)))
@@ -68,7 +80,8 @@ pub fn verify(store: &Store, repair: bool) -> Result<VerifyReport> {
     for (id, r) in checked {
         match r {
             Ok(true) => {}
-            Ok(false) => bad.push(id),
+            // Not a regular file (a FIFO, directory or symlink under an object's name).
+            Ok(false) | Err(crate::Error::Corrupt { .. }) => bad.push(id),
             Err(e) => unreadable.push(format!("{id}: {e}")),
         }
     }
@@ -121,6 +134,9 @@ pub fn verify(store: &Store, repair: bool) -> Result<VerifyReport> {
             .index()
             .retain_statcache(|o| present_ids.contains(o) && !bad_set.contains(o))?;
         store.index().forget_objects(&bad)?;
+        if !quarantined.is_empty() {
+            crate::restore::remove_tree(&qdir).map_err(|e| crate::Error::io("remove", &qdir, e))?;
+        }
         for id in &bad {
             store.objects.delete(id)?;
             removed += 1;
@@ -145,5 +161,6 @@ pub fn verify(store: &Store, repair: bool) -> Result<VerifyReport> {
         unreferenced_objects,
         index_missing: store.index_was_missing(),
         removed_snapshots,
+        quarantined,
     })
 }

@@ -100,7 +100,7 @@ pub fn list(ctx: &Ctx, a: ListArgs) -> Result<Outcome> {
     for s in &snaps {
         outln!(
             "{:<48} {:<5} {:>8} {:>10}  {:<20}  {:<20}",
-            s.key,
+            envsnap::key::escaped(&s.key),
             s.kind,
             s.files,
             bytes(s.bytes),
@@ -159,7 +159,7 @@ pub fn show(ctx: &Ctx, a: ShowArgs) -> Result<Outcome> {
         ctx.ui.emit_json(&v);
         return Ok(Outcome::Done);
     }
-    outln!("key:            {}", snap.key);
+    outln!("key:            {}", envsnap::key::escaped(&snap.key));
     outln!("kind:           {}", snap.kind);
     outln!("source:         {}", snap.source.display());
     outln!("created:        {} by {}", time_ns(snap.created_ns), snap.tool_version);

@@ -73,7 +73,7 @@ pub fn gc(ctx: &Ctx, a: GcArgs) -> Result<Outcome> {
     };
     let r = envsnap::gc::gc(&store, &opts)?;
     for k in &r.removed_snapshots {
-        ctx.ui.detail(format!("{verb} snapshot {k}"));
+        ctx.ui.detail(format!("{verb} snapshot {}", envsnap::key::escaped(k)));
     }
     super::restore::report_leftovers(
         ctx,
@@ -178,6 +178,12 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<Outcome> {
             plural(r.unreferenced_objects, "object")
         ));
     }
+    for q in &r.quarantined {
+        ctx.ui.warn(format!(
+            "quarantined object {q}: a hardlink restore found it modified{}",
+            if a.repair { " (removed)" } else { "" }
+        ));
+    }
     for d in &r.damaged_snapshots {
         ctx.ui.warn(format!("{d}{}", if a.repair { " (removed)" } else { "" }));
     }
@@ -230,9 +236,10 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<Outcome> {
             )
         };
         eprintln!(
-            "envsnap: error: verify found {}, {}, {} and {}{broken}: run `envsnap verify --repair`, \
+            "envsnap: error: verify found {}, {}, {}, {} and {}{broken}: run `envsnap verify --repair`, \
              then save the snapshots it removes again",
             plural(r.corrupt.len() as u64, "corrupt object"),
+            plural(r.quarantined.len() as u64, "quarantined object"),
             plural(r.missing.len() as u64, "missing object"),
             plural(r.unreadable.len() as u64, "unreadable object"),
             plural(r.damaged_snapshots.len() as u64, "damaged snapshot"),

@@ -94,8 +94,7 @@ pub fn github_output(pairs: &[(&str, &str)]) -> envsnap::Result<()> {
         .map_err(|e| envsnap::Error::io("open $GITHUB_OUTPUT", &path, e))?;
     let mut buf = String::new();
     for (k, v) in pairs {
-        // Values never contain newlines (keys cannot), so the simple form is safe.
-        buf.push_str(&format!("{k}={v}\n"));
+        buf.push_str(&output_line(k, v));
     }
     f.write_all(buf.as_bytes())
         .map_err(|e| envsnap::Error::io("write $GITHUB_OUTPUT", &path, e))
@@ -120,6 +119,28 @@ macro_rules! outln {
     ($($t:tt)*) => { $crate::cli::output::stdout(format_args!("{}\n", format_args!($($t)*))) };
 }
 pub(crate) use outln;
+
+/// One `$GITHUB_OUTPUT` record. `name=value` where the value is one line; otherwise GitHub's
+/// multi-line form `name<<DELIM`, value, `DELIM`, with a delimiter the value does not contain.
+/// Keys read back from an index are input: a crafted key holding a newline must not be able to
+/// add outputs (`cache-hit=true`) of its own.
+pub fn output_line(name: &str, value: &str) -> String {
+    if !value.contains(['\n', '\r']) {
+        return format!("{name}={value}\n");
+    }
+    let mut n = 0u64;
+    let delim = loop {
+        let d = format!(
+            "ghadelimiter_{}",
+            &blake3::hash(format!("{}-{n}-{value}", std::process::id()).as_bytes()).to_hex()[..32]
+        );
+        if !value.contains(&d) {
+            break d;
+        }
+        n += 1;
+    };
+    format!("{name}<<{delim}\n{value}\n{delim}\n")
+}
 
 /// Sizes in one unit system everywhere (summaries and progress bars): decimal, like `du --si`
 /// and disk vendors: 1 MB = 1,000,000 bytes.
@@ -155,4 +176,19 @@ pub fn human_list(items: &[String], conj: &str) -> String {
 pub fn time_ns(ns: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::output_line;
+
+    #[test]
+    fn a_value_with_newlines_cannot_add_outputs() {
+        assert_eq!(output_line("hit", "exact"), "hit=exact\n");
+        let rec = output_line("matched-key", "evil\ncache-hit=true");
+        let lines: Vec<&str> = rec.lines().collect();
+        assert_eq!(lines.len(), 4, "{rec}");
+        let delim = lines[0].strip_prefix("matched-key<<").unwrap();
+        assert_eq!((lines[1], lines[2], lines[3]), ("evil", "cache-hit=true", delim));
+    }
 }

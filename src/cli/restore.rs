@@ -23,7 +23,10 @@ pub struct RestoreArgs {
     #[arg(long = "fallback", value_name = "PREFIX")]
     fallbacks: Vec<String>,
     /// How restored files share storage with the store: auto (reflink, else copy), reflink,
-    /// hardlink (read-only files sharing the store's inodes) or copy
+    /// copy, or hardlink. auto/reflink/copy verify every byte against its hash. hardlink shares
+    /// the store's read-only inodes (their mode and mtime), checks each object's size, mtime
+    /// and inode against the store's record and hashes only changed ones; files whose mode it
+    /// would widen are copied. Writing to a hardlinked file writes into the store
     #[arg(long, default_value = "auto", value_parser = parse_link)]
     link: LinkMode,
     /// Replace a non-empty destination
@@ -124,7 +127,7 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
     ctx.ui.detail(format!(
         "{} hit: {} ({}) -> {}",
         hit.as_str(),
-        snap.key,
+        envsnap::key::escaped(&snap.key),
         snap.kind,
         dest.display()
     ));
@@ -300,7 +303,7 @@ fn restore_dir(f: &Found) -> Result<Outcome> {
     if a.dry_run {
         ctx.ui.info(format!(
             "dry run: would restore {} ({} hit) to {}: {}, {}, {}, {}, link {}{}",
-            snap.key,
+            envsnap::key::escaped(&snap.key),
             hit.as_str(),
             plan.dest.display(),
             plural(plan.files, "file"),
@@ -320,9 +323,13 @@ fn restore_dir(f: &Found) -> Result<Outcome> {
         return Ok(Outcome::Done);
     }
     let (files, bytes_n, dest) = (plan.files, plan.bytes, plan.dest.clone());
+    if let Some(w) = plan.owners_not_set() {
+        ctx.ui.warn(w);
+    }
     let bar = ctx.ui.progress();
     let staged = plan.apply(store, bar.as_ref().map(|b| b as _))?;
     let link = staged.link_used().to_string();
+    let hardlink_copied = staged.hardlink_copied();
     let done = staged.commit()?;
     *f.facts.borrow_mut() = Facts {
         files,
@@ -344,16 +351,25 @@ fn restore_dir(f: &Found) -> Result<Outcome> {
     }
     let secs = start.elapsed().as_secs_f64();
     ctx.ui.info(format!(
-        "restored {} ({} hit) to {}: {}, {} in {:.2}s (link: {})",
-        snap.key,
+        "restored {} ({} hit) to {}: {}, {} in {:.2}s (link: {}{})",
+        envsnap::key::escaped(&snap.key),
         hit.as_str(),
         dest.display(),
         plural(files, "file"),
         bytes(bytes_n),
         secs,
-        link
+        link,
+        if hardlink_copied > 0 {
+            format!(
+                "; {} copied: a link would have widened their mode",
+                plural(hardlink_copied, "file")
+            )
+        } else {
+            String::new()
+        }
     ));
     out["link"] = json!(link);
+    out["hardlink_copied"] = json!(hardlink_copied);
     out["seconds"] = json!(secs);
     ctx.ui.emit_json(&out);
     Ok(Outcome::Done)
@@ -397,7 +413,7 @@ fn restore_venv(f: &Found) -> Result<Outcome> {
     if a.dry_run {
         ctx.ui.info(format!(
             "dry run: would restore venv {} ({} hit) to {}: {}, {}, {}, interpreter {interp}",
-            snap.key,
+            envsnap::key::escaped(&snap.key),
             hit.as_str(),
             dest.display(),
             plural(r.files, "file"),
@@ -432,7 +448,7 @@ fn restore_venv(f: &Found) -> Result<Outcome> {
             // One short line; which interpreter and how each file was fixed only with -v.
             ctx.ui.info(format!(
                 "restored venv {} ({} hit) to {}: {}, {} in {:.2}s (link: {}); {} rewritten",
-                snap.key,
+                envsnap::key::escaped(&snap.key),
                 hit.as_str(),
                 dest.display(),
                 plural(r.files, "file"),
@@ -494,7 +510,7 @@ fn restore_apt(f: &Found) -> Result<Outcome> {
             detail: Some(super::apt::restore_detail(&r)),
         };
     }
-    super::apt::print_restore(ctx, &snap.key, &r);
+    super::apt::print_restore(ctx, &envsnap::key::escaped(&snap.key), &r);
     let mut out = serde_json::to_value(&r).unwrap_or_default();
     if let (Some(o), serde_json::Value::Object(common)) = (out.as_object_mut(), f.json()) {
         o.extend(common);

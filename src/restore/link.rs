@@ -2,10 +2,12 @@
 //! and a record of the mode actually used.
 
 use crate::error::{Error, IoContext, Result};
+use crate::repo::Store;
 use crate::snapshot::Entry;
-use crate::store::{LocalObjects, ObjectId};
+use crate::store::{ObjectId, ObjectStat};
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::str::FromStr;
@@ -69,6 +71,12 @@ pub struct LinkStats {
     copy: AtomicU64,
     no_reflink: AtomicBool,
     no_hardlink: AtomicBool,
+    /// Files copied in a hardlink restore because the object's shared mode would have given
+    /// them a permission bit they do not have.
+    hardlink_copied: AtomicU64,
+    /// Objects a hardlink restore hashed and found sound: their stat is recorded again in one
+    /// transaction at the end ([`LinkStats::record_checked`]), not one commit per file.
+    checked: std::sync::Mutex<Vec<(ObjectId, ObjectStat)>>,
 }
 
 impl LinkStats {
@@ -79,6 +87,21 @@ impl LinkStats {
             LinkUsed::Copy => &self.copy,
         };
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Record the objects this restore hashed and found sound, so the next hardlink restore
+    /// trusts their stat again.
+    pub fn record_checked(&self, store: &Store) -> Result<()> {
+        let checked = std::mem::take(&mut *self.checked.lock().unwrap_or_else(|p| p.into_inner()));
+        if checked.is_empty() {
+            return Ok(());
+        }
+        store.index().record_objects(&checked)
+    }
+
+    /// Files a hardlink restore copied instead of linking (see [`materialize`]).
+    pub fn hardlink_copied(&self) -> u64 {
+        self.hardlink_copied.load(Ordering::Relaxed)
     }
 
     /// "reflink", "copy", "hardlink", or a `+`-joined mix when fallback happened part-way;
@@ -133,57 +156,26 @@ impl Stamp {
 
 /// Create `dest` with the object's content and the entry's attributes; returns the link mode
 /// used and the file's [`Stamp`] once complete.
+///
+/// `hardlink` shares the object's inode, so the restored file has the object's mode (0444, or
+/// 0555 for `.x`) and mtime. It is used only where that mode adds no permission bit the entry
+/// lacks (a 0600 file is copied, never handed back readable by all), and only for an object
+/// that is still exactly as the index recorded it (size, mtime, inode, one `fstat` of the open
+/// object): otherwise the object is hashed first, re-recorded if sound, and quarantined if not
+/// (the restore fails). See docs/architecture.md for what each mode guarantees.
 pub fn materialize(
-    objects: &LocalObjects,
+    store: &Store,
     entry: &Entry,
     dest: &Path,
     mode: LinkMode,
     chown: bool,
     stats: &LinkStats,
 ) -> Result<(LinkUsed, Stamp)> {
+    let objects = &store.objects;
     let id = entry.object.expect("file entries carry an object");
     if mode == LinkMode::Hardlink && !stats.no_hardlink.load(Ordering::Relaxed) {
-        let src = objects.path(&id);
-        // Only ever link a regular file: never a symlink planted in the store (a tampered cache).
-        match std::fs::symlink_metadata(&src) {
-            Ok(m) if m.file_type().is_file() => {}
-            Ok(_) => {
-                return Err(Error::Corrupt {
-                    id: id.to_string(),
-                    path: src,
-                })
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::MissingObject { id: id.to_string() }),
-            Err(e) => return Err(Error::io("stat", &src, e)),
-        }
-        match std::fs::hard_link(&src, dest) {
-            Ok(()) => {
-                // The inode is the store's: check its size at least, the content is verify's job.
-                let m = std::fs::symlink_metadata(dest).at("stat", dest)?;
-                if m.len() != entry.size {
-                    let _ = std::fs::remove_file(dest);
-                    return Err(Error::Corrupt {
-                        id: id.to_string(),
-                        path: src,
-                    });
-                }
-                stats.record(LinkUsed::Hardlink);
-                return Ok((LinkUsed::Hardlink, Stamp::of(&m)));
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound && !objects.exists(&id) => {
-                return Err(Error::MissingObject { id: id.to_string() })
-            }
-            // Another filesystem, or too many links to one inode: copy instead, and say so.
-            Err(e)
-                if unsupported(&e)
-                    || e.raw_os_error() == Some(libc::EMLINK)
-                    || e.raw_os_error() == Some(libc::EPERM) =>
-            {
-                if e.raw_os_error() == Some(libc::EXDEV) {
-                    stats.no_hardlink.store(true, Ordering::Relaxed);
-                }
-            }
-            Err(e) => return Err(Error::io("hardlink", dest, e)),
+        if let Some(done) = hardlink(store, entry, &id, dest, stats)? {
+            return Ok(done);
         }
     }
     let mut out = OpenOptions::new()
@@ -214,6 +206,118 @@ pub fn materialize(
     let stamp = Stamp::of(&out.metadata().at("stat", dest)?);
     stats.record(used);
     Ok((used, stamp))
+}
+
+/// The hardlink part of [`materialize`]: `Ok(None)` means "copy this one instead".
+fn hardlink(
+    store: &Store,
+    entry: &Entry,
+    id: &ObjectId,
+    dest: &Path,
+    stats: &LinkStats,
+) -> Result<Option<(LinkUsed, Stamp)>> {
+    let src = store.objects.path(id);
+    let (mut obj, meta) = store.objects.open_checked(id)?;
+    // Never widen: the shared inode's mode must add no permission bit the entry lacks.
+    if meta.mode() & 0o7777 & !entry.mode != 0 {
+        stats.hardlink_copied.fetch_add(1, Ordering::Relaxed);
+        return Ok(None);
+    }
+    let now = ObjectStat::of(&meta);
+    if store.index().object_stat(id)? != Some(now) || now.size != entry.size {
+        // Written to since it was recorded (root ignores the read-only mode), replaced, or
+        // never recorded (saved before schema 3): hash what is there before sharing it.
+        if !hashes_to(&mut obj, id, &src)? {
+            // Moved aside so no later restore uses it and the next save of its content writes
+            // it anew. (Two threads may race to do it: the second finds it gone.)
+            let path = quarantine(store, id).unwrap_or(src);
+            return Err(Error::Corrupt {
+                id: id.to_string(),
+                path,
+            });
+        }
+        if now.size != entry.size {
+            return Err(Error::Corrupt {
+                id: id.to_string(),
+                path: src,
+            });
+        }
+        stats.checked.lock().unwrap_or_else(|p| p.into_inner()).push((*id, now));
+    }
+    // Link the inode just checked, through the open descriptor: a file swapped in under the
+    // name since is never linked. Without /proc, link by name and check the inode.
+    use std::os::fd::AsRawFd;
+    let linked = match link_fd(obj.as_raw_fd(), dest) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !std::path::Path::new("/proc/self/fd").exists() => {
+            std::fs::hard_link(&src, dest)
+        }
+        r => r,
+    };
+    match linked {
+        Ok(()) => {
+            let m = std::fs::symlink_metadata(dest).at("stat", dest)?;
+            if m.ino() != meta.ino() || m.dev() != meta.dev() {
+                let _ = std::fs::remove_file(dest);
+                return Err(Error::Corrupt {
+                    id: id.to_string(),
+                    path: src,
+                });
+            }
+            stats.record(LinkUsed::Hardlink);
+            Ok(Some((LinkUsed::Hardlink, Stamp::of(&m))))
+        }
+        // Another filesystem, or too many links to one inode: copy instead, and say so.
+        Err(e)
+            if unsupported(&e) || e.raw_os_error() == Some(libc::EMLINK) || e.raw_os_error() == Some(libc::EPERM) =>
+        {
+            if e.raw_os_error() == Some(libc::EXDEV) {
+                stats.no_hardlink.store(true, Ordering::Relaxed);
+            }
+            Ok(None)
+        }
+        Err(e) => Err(Error::io("hardlink", dest, e)),
+    }
+}
+
+/// `linkat("/proc/self/fd/N", dest, AT_SYMLINK_FOLLOW)`: a new name for an open file's inode,
+/// without the privilege `AT_EMPTY_PATH` needs.
+fn link_fd(fd: std::os::fd::RawFd, dest: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let proc_path = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL");
+    let dest_c = std::ffi::CString::new(dest.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+    // SAFETY: both are valid NUL-terminated paths; linkat does not retain them.
+    let rc = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            proc_path.as_ptr(),
+            libc::AT_FDCWD,
+            dest_c.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Move a corrupt object aside (so no later restore uses it and the next save of its content
+/// writes it anew) and forget it: its recorded stat and every stat-cache row naming it (a save
+/// trusts the cache to name sound objects). Returns where it went.
+fn quarantine(store: &Store, id: &ObjectId) -> Result<std::path::PathBuf> {
+    let path = store.objects.quarantine(id)?;
+    let mut idx = store.index();
+    idx.retain_statcache(|o| o != id)?;
+    idx.forget_objects(&[*id])?;
+    Ok(path)
+}
+
+fn hashes_to(f: &mut File, id: &ObjectId, path: &Path) -> Result<bool> {
+    let mut h = blake3::Hasher::new();
+    h.update_reader(f).at("read", path)?;
+    Ok(h.finalize().as_bytes() == &id.hash)
 }
 
 fn verify_object(f: &mut File, id: &ObjectId, path: &Path) -> Result<()> {

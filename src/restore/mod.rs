@@ -66,6 +66,24 @@ pub struct Plan {
     pub replaces: bool,
     /// Paths an adapter will rewrite: they get a private copy, never a link to the store.
     pub private_copies: HashSet<Vec<u8>>,
+    /// Without `chown` (not root): entries saved with another owner, which will be the
+    /// restoring user's (see [`Plan::owners_not_set`]).
+    pub foreign_owners: u64,
+    /// The first such entry: (path, uid, gid).
+    pub foreign_example: Option<(String, u32, u32)>,
+}
+
+impl Plan {
+    /// What a restore without `chown` cannot reproduce, as one line for a warning; None when
+    /// every entry is owned as it will be.
+    pub fn owners_not_set(&self) -> Option<String> {
+        let (path, uid, gid) = self.foreign_example.as_ref()?;
+        Some(format!(
+            "not running as root: {} entries saved with other owners (e.g. {path:?} uid {uid} gid {gid}) are \
+             restored as owned by you, and their setuid/setgid bits may be dropped; restore as root to keep owners",
+            self.foreign_owners
+        ))
+    }
 }
 
 /// Is `p` missing, an empty directory, or something else (and what, for the message)?
@@ -127,7 +145,16 @@ pub fn plan(snapshot: &SnapshotRow, manifest: Manifest, dest: &Path, opts: &Rest
         }
     };
     let count = |k| manifest.entries.iter().filter(|e| e.kind == k).count() as u64;
+    // SAFETY: geteuid/getegid have no preconditions and cannot fail.
+    let me = unsafe { (libc::geteuid(), libc::getegid()) };
+    let foreign: Vec<&Entry> = if opts.chown {
+        Vec::new()
+    } else {
+        manifest.entries.iter().filter(|e| (e.uid, e.gid) != me).collect()
+    };
     Ok(Plan {
+        foreign_owners: foreign.len() as u64,
+        foreign_example: foreign.first().map(|e| (e.path_lossy(), e.uid, e.gid)),
         files: count(EntryKind::File),
         dirs: count(EntryKind::Dir),
         symlinks: count(EntryKind::Symlink),
@@ -203,12 +230,13 @@ impl Plan {
                 } else {
                     self.link
                 };
-                let (_, stamp) = materialize(&store.objects, e, &p, mode, self.chown, &stats)?;
+                let (_, stamp) = materialize(store, e, &p, mode, self.chown, &stats)?;
                 progress::with(progress, |pr| pr.inc(e.size));
                 Ok((e.path.clone(), stamp))
             })
             .collect::<Result<_>>()?;
         progress::with(progress, |p| p.finish());
+        stats.record_checked(store)?;
         for e in &followers {
             let leader = leaders[&e.link_group.expect("followers have a group")];
             let (from, to) = (rel_path(&base, &leader.path), rel_path(&base, &e.path));
@@ -236,6 +264,7 @@ impl Plan {
             _lease: lease,
             _record: record,
             link_used: stats.summary(),
+            hardlink_copied: stats.hardlink_copied(),
             plan: self,
             stamps,
         })
@@ -250,6 +279,7 @@ pub struct Staged {
     /// This restore in `<store>/restores/`, so gc can clean up if it is killed.
     _record: Option<staging::Record>,
     link_used: String,
+    hardlink_copied: u64,
     pub plan: Plan,
     /// Each restored file as materialized (see `seed`).
     stamps: HashMap<Vec<u8>, Stamp>,
@@ -264,6 +294,11 @@ impl Staged {
     /// The link mode actually used: `reflink`, `copy`, `hardlink` or a `+`-joined mix.
     pub fn link_used(&self) -> &str {
         &self.link_used
+    }
+
+    /// Files a hardlink restore copied because linking would have widened their mode.
+    pub fn hardlink_copied(&self) -> u64 {
+        self.hardlink_copied
     }
 
     /// Set directory attributes (children first, so their mtimes stick), then rename the tree
@@ -423,9 +458,10 @@ pub fn place_file(store: &Store, entry: &Entry, dest: &Path, link: LinkMode, cho
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = parent.join(format!(".{name}.envsnap-{}-{seq}", std::process::id()));
     let stats = LinkStats::default();
-    let (used, _) = materialize(&store.objects, entry, &tmp, link, chown, &stats).inspect_err(|_| {
+    let (used, _) = materialize(store, entry, &tmp, link, chown, &stats).inspect_err(|_| {
         let _ = fs::remove_file(&tmp);
     })?;
+    stats.record_checked(store)?;
     fs::rename(&tmp, dest)
         .inspect_err(|_| {
             let _ = fs::remove_file(&tmp);

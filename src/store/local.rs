@@ -21,6 +21,37 @@ pub struct LocalObjects {
     tmp: PathBuf,
 }
 
+enum Occupant {
+    Nothing,
+    File,
+    Other,
+}
+
+/// Create a directory private to its owner (0700, like `~/.ssh`): a store holds copies of
+/// whatever was saved, secrets included. An existing one is left as it is.
+pub fn private_dir(p: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match fs::DirBuilder::new().recursive(true).mode(0o700).create(p) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(Error::io("create directory", p, e)),
+        _ => Ok(()),
+    }
+}
+
+/// Tighten an existing store directory to 0700 if it is ours and open to others (stores
+/// created before they were private). One `stat`; a directory owned by someone else is left
+/// alone (root restoring from a user's store must not change it). Best effort: a read-only
+/// store stays usable for restores.
+pub fn tighten_dir(p: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if let Ok(m) = fs::symlink_metadata(p) {
+        if m.is_dir() && m.uid() == me && m.mode() & 0o077 != 0 {
+            let _ = fs::set_permissions(p, Permissions::from_mode(m.mode() & 0o7700));
+        }
+    }
+}
+
 /// A look at a file's whole content while it is in memory anyway (see `save::ContentScanner`).
 pub type ScanFn<'a> = &'a dyn Fn(&[u8]) -> Option<String>;
 
@@ -48,18 +79,14 @@ pub struct Ingested {
 impl LocalObjects {
     /// `root` is `<store>/objects-v1`, `tmp` a scratch directory on the same filesystem.
     pub fn new(root: PathBuf, tmp: PathBuf) -> Result<Self> {
-        fs::create_dir_all(&root).at("create directory", &root)?;
-        fs::create_dir_all(&tmp).at("create directory", &tmp)?;
+        private_dir(&root)?;
+        private_dir(&tmp)?;
+        tighten_dir(&root);
+        tighten_dir(&tmp);
         // All 256 shard directories up front: saves then never mkdir per object.
         if !root.join("ff").is_dir() {
             for i in 0..=255u8 {
-                let d = root.join(format!("{i:02x}"));
-                match fs::create_dir(&d) {
-                    Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-                        return Err(Error::io("create directory", &d, e))
-                    }
-                    _ => {}
-                }
+                private_dir(&root.join(format!("{i:02x}")))?;
             }
         }
         Ok(LocalObjects { root, tmp })
@@ -79,8 +106,9 @@ impl LocalObjects {
         self.root.join(&name[..2]).join(&name[2..])
     }
 
+    /// An object is there: a regular file under its name (anything else is corrupt).
     pub fn exists(&self, id: &ObjectId) -> bool {
-        fs::symlink_metadata(self.path(id)).is_ok()
+        matches!(self.occupant(id), Occupant::File)
     }
 
     /// Hash `src` and add it to the store unless an object with that content and exec bit is
@@ -97,10 +125,10 @@ impl LocalObjects {
             file.read_to_end(&mut buf).at("read", src)?;
             let id = ObjectId::new(blake3::hash(&buf), exec);
             let note = scan.and_then(|f| f(&buf));
-            let stat = if self.exists(&id) {
-                None
-            } else {
+            let stat = if self.needs_write(&id)? {
                 self.write_new(&id, &buf, mtime)?
+            } else {
+                None
             };
             return Ok(Ingested {
                 id,
@@ -129,10 +157,10 @@ impl LocalObjects {
             Ok(size)
         })?;
         let id = ObjectId::new(hasher.finalize(), exec);
-        let stat = if self.exists(&id) {
-            None
-        } else {
+        let stat = if self.needs_write(&id)? {
             Some(self.persist(tmp, &id, mtime)?)
+        } else {
+            None
         };
         Ok(Ingested {
             id,
@@ -183,7 +211,7 @@ impl LocalObjects {
         let mut f = match opened {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(shard).at("create directory", shard)?;
+                private_dir(shard)?;
                 return self.write_new(id, data, mtime);
             }
             Err(_) => {
@@ -238,7 +266,7 @@ impl LocalObjects {
         // rename keeps the inode: this is the object as written.
         let stat = ObjectStat::of(&tmp.as_file().metadata().at("stat", tmp.path())?);
         let shard = dest.parent().expect("object path has a shard directory");
-        fs::create_dir_all(shard).at("create directory", shard)?;
+        private_dir(shard)?;
         // A concurrent save may have renamed the same content into place first: renaming over
         // it is harmless (same bytes), and hardlinked restores keep the inode they have.
         tmp.persist(&dest)
@@ -286,22 +314,59 @@ impl LocalObjects {
         Ok(hasher.finalize().as_bytes() == &id.hash)
     }
 
-    /// Open an object for reading. `O_NOFOLLOW`: a symlink planted in the store (a tampered
-    /// cache archive) is an error, never followed.
+    /// Open an object for reading: regular files only. `O_NOFOLLOW`: a symlink planted in the
+    /// store (a tampered cache archive) is never followed; `O_NONBLOCK`: a FIFO planted there
+    /// does not block the open (it has no effect on a regular file's reads); the type is
+    /// checked on the open descriptor, so nothing can be swapped in between. Anything but a
+    /// regular file is [`Error::Corrupt`] (verify --repair removes it, the next save of that
+    /// content writes it anew).
     pub fn open(&self, id: &ObjectId) -> Result<File> {
+        self.open_checked(id).map(|(f, _)| f)
+    }
+
+    /// [`open`](Self::open), also returning the descriptor's `fstat`.
+    pub fn open_checked(&self, id: &ObjectId) -> Result<(File, fs::Metadata)> {
         use std::os::unix::fs::OpenOptionsExt;
         let path = self.path(id);
-        fs::OpenOptions::new()
+        let corrupt = || Error::Corrupt {
+            id: id.to_string(),
+            path: path.clone(),
+        };
+        let f = fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(&path)
-            .map_err(|e| {
-                if e.kind() == io::ErrorKind::NotFound {
-                    Error::MissingObject { id: id.to_string() }
-                } else {
-                    Error::io("open object", &path, e)
-                }
-            })
+            .map_err(|e| match e.raw_os_error() {
+                _ if e.kind() == io::ErrorKind::NotFound => Error::MissingObject { id: id.to_string() },
+                // A symlink (O_NOFOLLOW), a socket, a device without a driver.
+                Some(libc::ELOOP) | Some(libc::ENXIO) | Some(libc::ENODEV) => corrupt(),
+                _ => Error::io("open object", &path, e),
+            })?;
+        let m = f.metadata().at("stat", &path)?;
+        if !m.file_type().is_file() {
+            return Err(corrupt());
+        }
+        Ok((f, m))
+    }
+
+    /// What occupies an object's name: nothing, a regular file, or something else (a
+    /// directory, FIFO or symlink planted in the store: corrupt).
+    fn occupant(&self, id: &ObjectId) -> Occupant {
+        match fs::symlink_metadata(self.path(id)) {
+            Err(_) => Occupant::Nothing,
+            Ok(m) if m.file_type().is_file() => Occupant::File,
+            Ok(_) => Occupant::Other,
+        }
+    }
+
+    /// Make room for a new object: a non-regular file under its name is removed, so the save
+    /// that has the content heals the store.
+    fn needs_write(&self, id: &ObjectId) -> Result<bool> {
+        match self.occupant(id) {
+            Occupant::File => Ok(false),
+            Occupant::Nothing => Ok(true),
+            Occupant::Other => self.delete(id).map(|_| true),
+        }
     }
 
     /// Every object file present, with its size. Stray names (temporary leftovers, foreign
@@ -333,13 +398,35 @@ impl LocalObjects {
         Ok(out)
     }
 
-    /// Remove an object file; a missing one is not an error.
+    /// Remove an object; a missing one is not an error. A directory planted under an object's
+    /// name (corrupt) is removed with its content.
     pub fn delete(&self, id: &ObjectId) -> Result<()> {
         let p = self.path(id);
-        match fs::remove_file(&p) {
+        let r = match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => crate::restore::remove_tree(&p),
+            _ => fs::remove_file(&p),
+        };
+        match r {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io("remove", &p, e)),
             _ => Ok(()),
         }
+    }
+
+    /// Move a corrupt object out of `objects-v1` into `quarantine/` (kept for inspection;
+    /// `verify --repair` deletes it): restores no longer find it, the next save of its content
+    /// writes it anew. Returns where it went.
+    pub fn quarantine(&self, id: &ObjectId) -> Result<PathBuf> {
+        let q = self.quarantine_dir();
+        private_dir(&q)?;
+        let dest = q.join(format!("{id}-{}-{}", std::process::id(), crate::repo::now_ns()));
+        let src = self.path(id);
+        fs::rename(&src, &dest).at("move to quarantine", &src)?;
+        Ok(dest)
+    }
+
+    /// `<store>/quarantine`: corrupt objects a hardlink restore moved aside.
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.root.parent().unwrap_or(&self.root).join("quarantine")
     }
 }
 

@@ -7,7 +7,7 @@
 
 mod local;
 
-pub use local::{with_buffer, Ingested, LocalObjects, ScanFn, OBJECTS_DIR};
+pub use local::{private_dir, tighten_dir, with_buffer, Ingested, LocalObjects, ScanFn, OBJECTS_DIR};
 
 use crate::error::{Error, Result};
 use std::fmt;
