@@ -1063,3 +1063,150 @@ fn delete_with_a_remote_drops_the_key_on_the_remote() {
     );
     assert_eq!(code(&r.run(&store, &["delete", "never-saved"])), 1);
 }
+
+/// Issue 13: with a remote, events are small objects under `events/`: two runners (two local
+/// stores) sharing the remote see one another's restores and saves in `stats`, nothing goes to
+/// the local index, and `gc --remote` folds them into one bundle without changing the numbers.
+#[test]
+fn two_stores_sharing_a_remote_see_one_anothers_events_and_gc_compacts_them() {
+    for r in Remote::both() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        let src = d.path().join("src");
+        tree(&src);
+        let out = |n: &str| d.path().join(n);
+        // Runner A misses, installs, saves; runner B hits twice.
+        assert_eq!(code(&r.run(&a, &["restore", s(&out("a1")), "--key", "ev-1"])), 1);
+        r.json(&a, &["save", "dir", s(&src), "--key", "ev-1"]);
+        for n in ["b1", "b2"] {
+            assert_eq!(r.json(&b, &["restore", s(&out(n)), "--key", "ev-1"])["hit"], "exact");
+        }
+        let check = |store: &Path, events: u64| {
+            let j = r.json(store, &["stats"]);
+            assert_eq!(j["events"], events, "{}: {j}", r.url);
+            let g = &j["groups"][0];
+            assert_eq!(g["group"], "ev-1", "{}: {j}", r.url);
+            let got: Vec<u64> = ["restores", "exact", "misses", "saves", "install_samples"]
+                .iter()
+                .map(|f| g[f].as_u64().unwrap())
+                .collect();
+            assert_eq!(got, [events - 1, events - 2, 1, 1, 1], "{}: {j}", r.url);
+        };
+        check(&a, 4);
+        check(&b, 4);
+        // Nothing went to the local indexes.
+        let local = ok_json(&envsnap(&a, &["--json", "--no-remote", "stats"]));
+        assert_eq!(local["events"], 0, "{local}");
+
+        let g = r.json(&a, &["gc"]);
+        assert_eq!(g["events"]["compacted"], 4, "{}: {g}", r.url);
+        assert_eq!(g["events"]["deleted_objects"], 4, "{g}");
+        check(&a, 4);
+        assert_eq!(
+            r.json(&b, &["restore", s(&out("b3")), "--key", "ev-1", "--force"])["hit"],
+            "exact"
+        );
+        check(&b, 5);
+        let g = r.json(&b, &["gc"]);
+        assert_eq!(g["events"]["compacted"], 1, "{g}");
+        check(&a, 5);
+        // Nothing left to fold: no new bundle.
+        let g = r.json(&b, &["gc"]);
+        assert_eq!(
+            (g["events"]["compacted"].as_u64(), g["events"]["bundle"].is_null()),
+            (Some(0), true),
+            "{g}"
+        );
+    }
+}
+
+/// Issue 13: `delete` on a remote: the key stops resolving for every runner at once, fallbacks
+/// skip it, a key that is not there exits 1; its data goes only through `gc --remote`'s two
+/// phases, and data another key shares survives them.
+#[test]
+fn delete_on_the_remote_stops_the_key_for_every_runner_and_gc_keeps_shared_data() {
+    for r in Remote::both() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b, c) = (d.path().join("a"), d.path().join("b"), d.path().join("c"));
+        let src = d.path().join("src");
+        tree(&src);
+        let other = d.path().join("other");
+        fs::create_dir_all(&other).unwrap();
+        fs::write(other.join("only-here"), vec![9u8; 3000]).unwrap();
+        r.json(&a, &["save", "dir", s(&other), "--key", "k-1"]);
+        r.json(&a, &["save", "dir", s(&src), "--key", "k-2"]);
+        r.json(&a, &["save", "dir", s(&src), "--key", "keep"]); // same content as k-2
+        let out = |n: &str| d.path().join(n);
+        assert_eq!(r.json(&b, &["restore", s(&out("b1")), "--key", "k-1"])["hit"], "exact");
+
+        let j = r.json(&a, &["delete", "k-2", "--dry-run"]);
+        assert_eq!(j["deleted"][0]["key"], "k-2", "{j}");
+        assert_eq!(r.json(&b, &["restore", s(&out("b2")), "--key", "k-2"])["hit"], "exact");
+        let j = r.json(&a, &["delete", "k-2"]);
+        assert_eq!(
+            (j["deleted"][0]["key"].as_str(), j["reclaimable_bytes"].is_null()),
+            (Some("k-2"), true),
+            "{j}"
+        );
+        assert_eq!(
+            code(&r.run(&b, &["restore", s(&out("b3")), "--key", "k-2"])),
+            1,
+            "{}",
+            r.url
+        );
+        // The fallback skips the deleted (newer) k-2 and finds k-1.
+        let j = r.json(&b, &["restore", s(&out("b4")), "--key", "k-9", "--fallback", "k-"]);
+        assert_eq!(j["matched_key"], "k-1", "{}: {j}", r.url);
+        let o = r.run(&a, &["delete", "k-2"]);
+        assert_eq!(code(&o), 1, "{}", stderr(&o));
+        assert!(stderr(&o).contains("no snapshot with key k-2"), "{}", stderr(&o));
+        let j = r.json(&a, &["delete", "--prefix", "k-"]);
+        assert_eq!(j["deleted"].as_array().unwrap().len(), 1, "{j}");
+        assert_eq!(
+            code(&r.run(&b, &["restore", s(&out("b5")), "--key", "k-9", "--fallback", "k-"])),
+            1
+        );
+
+        // Two gc runs with no grace: the first marks, the second deletes what no key uses.
+        r.json(&a, &["gc", "--grace", "0s"]);
+        let g = r.json(&a, &["gc", "--grace", "0s"]);
+        assert!(
+            g["deleted_packs"].as_u64().unwrap() + g["deleted_manifests"].as_u64().unwrap() >= 1,
+            "{}: {g}",
+            r.url
+        );
+        // `keep` shares everything with the deleted k-2: a fresh runner restores it whole.
+        let got = out("c1");
+        assert_eq!(r.json(&c, &["restore", s(&got), "--key", "keep"])["hit"], "exact");
+        assert_eq!(describe(&got), describe(&src), "{}", r.url);
+    }
+}
+
+/// Issue 13: a restore whose event the remote cannot take (its `events/` prefix is unwritable
+/// here: a plain file stands where the directory would be) still succeeds, and says so only
+/// under `-v`.
+#[test]
+fn a_restore_succeeds_when_the_remote_cannot_take_its_event() {
+    let r = Remote::file();
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    tree(&src);
+    r.json(&d.path().join("a"), &["save", "dir", s(&src), "--key", "k"]);
+    let events = PathBuf::from(r.raw_path("events"));
+    let _ = fs::remove_dir_all(&events);
+    fs::write(&events, b"not a directory").unwrap();
+    let quiet = r.run(&d.path().join("b"), &["restore", s(&d.path().join("o1")), "--key", "k"]);
+    assert_eq!(code(&quiet), 0, "{}", stderr(&quiet));
+    assert!(!stderr(&quiet).contains("warning"), "{}", stderr(&quiet));
+    let verbose = r.run(
+        &d.path().join("b"),
+        &["-v", "restore", s(&d.path().join("o2")), "--key", "k"],
+    );
+    assert_eq!(code(&verbose), 0, "{}", stderr(&verbose));
+    assert!(
+        stderr(&verbose).contains("could not record this restore"),
+        "{}",
+        stderr(&verbose)
+    );
+    assert_eq!(describe(&d.path().join("o2")), describe(&src));
+}

@@ -136,7 +136,7 @@ pub fn run(ctx: &Ctx, a: AptArgs) -> Result<Outcome> {
             }
             ctx.ui.emit_json(&v);
             for ev in install_events(started_ns, &tpl, &r) {
-                super::manage::record_event(ctx, &store, &ev);
+                super::manage::record_event_with_remote(ctx, &store, &ev);
             }
             Ok(push_error.map_or(Outcome::Done, |e| super::remote::push_failed(ctx, &r.key, &e)))
         }

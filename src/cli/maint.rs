@@ -131,7 +131,18 @@ fn remote_gc(ctx: &Ctx, store: &envsnap::Store, a: &GcArgs) -> Result<Outcome> {
         r.deleted_manifests,
         humantime::format_duration(a.grace)
     ));
+    // Events: fold the small per-operation objects into one bundle, drop the expired.
+    let ev = envsnap::events::compact_remote(&remote, a.dry_run)?;
+    ctx.ui.detail(format!(
+        "events: {} folded into {}, {} expired, {} objects {}deleted",
+        ev.compacted,
+        ev.bundle.as_deref().unwrap_or("no bundle"),
+        ev.expired,
+        ev.deleted_objects,
+        if a.dry_run { "would be " } else { "" }
+    ));
     let mut v = serde_json::to_value(&r).unwrap_or_default();
+    v["events"] = serde_json::to_value(&ev).unwrap_or_default();
     v["remote"] = super::remote::stats_json(&remote);
     ctx.ui.emit_json(&v);
     Ok(Outcome::Done)

@@ -5,6 +5,7 @@ use super::{Ctx, Outcome};
 use clap::Args;
 use envsnap::delete::{DeleteRequest, KeyDeleter};
 use envsnap::events::{Event, EventLog};
+use envsnap::remote::Remote;
 use envsnap::stats::GroupStats;
 use envsnap::{Result, Store};
 use serde_json::json;
@@ -43,6 +44,27 @@ pub fn record_event(ctx: &Ctx, log: &dyn EventLog, ev: &Event) {
             "envsnap: warning: could not record this {} in the store's events ({e}); `envsnap stats` will not count it",
             ev.op.as_str()
         ));
+    }
+}
+
+/// Where a command's events go: the remote when one is configured (so `stats` spans every
+/// runner sharing it), else the local index.
+pub fn event_log<'a>(store: &'a Store, remote: Option<&'a Remote>) -> &'a dyn EventLog {
+    match remote {
+        Some(r) => r,
+        None => store,
+    }
+}
+
+/// [`record_event`] for commands that hold no remote handle: opens the configured one (no
+/// request until the write).
+pub fn record_event_with_remote(ctx: &Ctx, store: &Store, ev: &Event) {
+    match ctx.open_remote(store) {
+        Ok(remote) => record_event(ctx, event_log(store, remote.as_ref()), ev),
+        Err(e) => ctx.ui.detail(format!(
+            "envsnap: warning: could not record this {} on the remote ({e})",
+            ev.op.as_str()
+        )),
     }
 }
 
@@ -123,9 +145,16 @@ pub fn stats(ctx: &Ctx, a: StatsArgs) -> Result<Outcome> {
         .since
         .map(|d| envsnap::repo::now_ns() - d.as_nanos() as i64)
         .unwrap_or(i64::MIN);
-    let events = match ctx.open_store_read()? {
-        Some(store) => events_of(&store, since_ns)?,
-        None => Vec::new(),
+    let events = if ctx.has_remote() {
+        // The remote's events: every runner sharing it.
+        let store = ctx.open_store()?;
+        let remote = super::remote::need_remote(ctx, &store, "stats")?;
+        remote.events_since(since_ns)?
+    } else {
+        match ctx.open_store_read()? {
+            Some(store) => events_of(&store, since_ns)?,
+            None => Vec::new(),
+        }
     };
     let groups = envsnap::stats::compute(&events, prefix.as_deref());
     let since = a.since.map(|d| humantime::format_duration(d).to_string());

@@ -114,7 +114,7 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
         let out = super::miss(ctx, &a.key, &a.fallbacks, None, remote.as_ref());
         if !a.dry_run {
             event.seconds = start.elapsed().as_secs_f64();
-            super::manage::record_event(ctx, &store, &event);
+            super::manage::record_event(ctx, super::manage::event_log(&store, remote.as_ref()), &event);
         }
         return Ok(out);
     };
@@ -191,7 +191,7 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
         event.link = facts.link;
         event.detail = facts.detail;
         event.seconds = start.elapsed().as_secs_f64();
-        super::manage::record_event(ctx, &store, &event);
+        super::manage::record_event(ctx, super::manage::event_log(&store, remote.as_ref()), &event);
     }
     match result {
         // An adapter refused the snapshot it was given (its interpreter is gone, the base

@@ -115,7 +115,7 @@ pub fn run(ctx: &Ctx, args: SaveArgs) -> Result<Outcome> {
                 v["remote"] = remote;
             }
             ctx.ui.emit_json(&v);
-            super::manage::record_event(ctx, &store, &super::apt::save_event(started_ns, &tpl, &r));
+            super::manage::record_event_with_remote(ctx, &store, &super::apt::save_event(started_ns, &tpl, &r));
             Ok(failed.map_or(Outcome::Done, |e| super::remote::push_failed(ctx, &r.key, &e)))
         }
     }
@@ -139,7 +139,7 @@ fn record_save(ctx: &Ctx, store: &envsnap::Store, started_ns: i64, tpl: &str, r:
             "hashed_files": r.hashed_files, "new_objects": r.new_objects, "new_bytes": r.new_bytes,
         })),
     };
-    super::manage::record_event(ctx, store, &ev);
+    super::manage::record_event_with_remote(ctx, store, &ev);
 }
 
 /// With a remote, the save's JSON gets a `remote` object (requests, bytes, what was pushed).
