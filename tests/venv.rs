@@ -593,23 +593,218 @@ fn py38_venv_records_its_base_interpreter_not_its_own_python() {
     assert_eq!(sys_prefix(&dest), dest.display().to_string());
 }
 
+/// A Python found on this machine: the real executable (symlinks resolved), its version.
+#[derive(Clone, Debug)]
+struct Found {
+    real: PathBuf,
+    version: String,
+}
+
+impl Found {
+    fn minor(&self) -> String {
+        self.version.split('.').take(2).collect::<Vec<_>>().join(".")
+    }
+}
+
+/// Every CPython 3 this machine has, discovered, never assumed: `python3.X` in each PATH
+/// directory, /usr/bin and /usr/local/bin, pyenv's versions and `uv python find`. Venv pythons
+/// are left out; symlinks and shims resolve to one entry per real executable.
+fn discover_pythons() -> Vec<Found> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(["/usr/bin", "/usr/local/bin"].map(PathBuf::from));
+    if let Ok(o) = Command::new("pyenv").arg("root").output() {
+        let root = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+        for v in std::fs::read_dir(root.join("versions")).into_iter().flatten().flatten() {
+            dirs.push(v.path().join("bin"));
+        }
+    }
+    let mut cands: Vec<PathBuf> = Vec::new();
+    for d in dirs {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.strip_prefix("python3.")
+                .is_some_and(|m| !m.is_empty() && m.chars().all(|c| c.is_ascii_digit()))
+            {
+                cands.push(e.path());
+            }
+        }
+    }
+    for minor in ["3.9", "3.10", "3.11", "3.12", "3.13"] {
+        if let Ok(o) = Command::new("uv").args(["python", "find", "--system", minor]).output() {
+            if o.status.success() {
+                cands.push(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+            }
+        }
+    }
+    let mut found: Vec<Found> = Vec::new();
+    for c in cands {
+        let probe = "import os, platform, sys; print(sys.prefix != sys.base_prefix, platform.python_implementation(), platform.python_version(), os.path.realpath(sys.executable))";
+        let Ok(o) = cmd(&c, &[&"-I", &"-c", &probe]).output() else {
+            continue;
+        };
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let f: Vec<&str> = out.trim().splitn(4, ' ').collect();
+        if !o.status.success() || f.len() != 4 || f[0] != "False" || f[1] != "CPython" {
+            continue;
+        }
+        let real = PathBuf::from(f[3]);
+        if !found.iter().any(|x| x.real == real) {
+            found.push(Found {
+                real,
+                version: f[2].to_string(),
+            });
+        }
+    }
+    found
+}
+
+/// Two different installations of the same minor version (say Debian's 3.11.2 and pyenv's
+/// 3.11.7), or None: the caller skips, saying why.
+fn same_minor_pair() -> Option<(Found, Found)> {
+    let all = discover_pythons();
+    for (i, a) in all.iter().enumerate() {
+        if let Some(b) = all[i + 1..].iter().find(|b| b.minor() == a.minor()) {
+            return Some((a.clone(), b.clone()));
+        }
+    }
+    None
+}
+
 #[test]
-fn original_interpreter_still_present_wins_over_explicit_python() {
+fn explicit_python_wins_over_the_original_interpreter_that_still_exists() {
+    let Some((a, b)) = same_minor_pair() else {
+        eprintln!("SKIP: no two installations of one Python minor version here (PATH, /usr/bin, pyenv, uv)");
+        return;
+    };
     let t = scratch();
     let store = t.path().join("store");
     let orig = t.path().join("orig");
-    ok(cmd(PY311, &[&"-m", &"venv", &"--without-pip", &orig]));
-    save(&store, &orig, "venv-orig-first");
+    ok(cmd(&a.real, &[&"-m", &"venv", &"--without-pip", &orig]));
+    save(&store, &orig, "venv-explicit");
+    // The original still exists, and the user asks for the other one: theirs wins.
     let dest = t.path().join("moved");
-    let r = restore(&store, "venv-orig-first", &dest, &["--python", DEBIAN_PY311]);
-    assert_eq!(r["interpreter"]["reason"], "original", "{r}");
-    assert_eq!(r["interpreter"]["path"], PY311);
-    assert_eq!(cfg_get(&dest, "home"), PY311_HOME);
-    assert_eq!(
-        std::fs::read_link(dest.join("bin/python3.11")).unwrap(),
-        Path::new(PY311)
-    );
+    let r = restore(&store, "venv-explicit", &dest, &["--python", b.real.to_str().unwrap()]);
+    assert_eq!(r["interpreter"]["reason"], "explicit", "{r}");
+    assert_eq!(r["interpreter"]["path"], b.real.to_str().unwrap(), "{r}");
+    assert_eq!(cfg_get(&dest, "home"), b.real.parent().unwrap().to_str().unwrap());
+    let v = ok(cmd(
+        dest.join("bin/python"),
+        &[
+            &"-c",
+            &"import os, platform, sys; print(platform.python_version(), os.path.realpath(sys._base_executable))",
+        ],
+    ));
+    assert_eq!(v.trim(), format!("{} {}", b.version, b.real.display()));
     assert_eq!(sys_prefix(&dest), dest.display().to_string());
+    // --python naming the original keeps what the venv already names.
+    let dest2 = t.path().join("moved2");
+    let r = restore(&store, "venv-explicit", &dest2, &["--python", a.real.to_str().unwrap()]);
+    assert_eq!(r["interpreter"]["reason"], "original", "{r}");
+    let v = ok(cmd(
+        dest2.join("bin/python"),
+        &[&"-c", &"import platform; print(platform.python_version())"],
+    ));
+    assert_eq!(v.trim(), a.version);
+}
+
+/// The paths pyvenv.cfg and bin/python* name must exist: `home` holds a python, `executable`
+/// and the interpreter `command` ran exist, every bin/python* resolves.
+fn assert_names_real_interpreter(v: &Path) {
+    let home = PathBuf::from(cfg_get(v, "home"));
+    let names = ["python3", "python"];
+    assert!(
+        std::fs::read_dir(&home).is_ok_and(|mut rd| rd.any(|e| {
+            let n = e.unwrap().file_name().to_string_lossy().into_owned();
+            n.starts_with("python3.") || names.contains(&n.as_str())
+        })),
+        "home = {} names no interpreter",
+        home.display()
+    );
+    let exe = cfg_get(v, "executable");
+    assert!(Path::new(&exe).exists(), "executable = {exe} does not exist");
+    let command = cfg_get(v, "command");
+    let first = command.split(" -m ").next().unwrap();
+    assert!(Path::new(first).exists(), "command = {command}: {first} does not exist");
+    for e in std::fs::read_dir(v.join("bin")).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name().unwrap().to_string_lossy().starts_with("python") {
+            assert!(p.exists(), "{} dangles", p.display());
+        }
+    }
+}
+
+#[test]
+fn a_venv_made_through_a_symlinked_interpreter_names_a_real_one_after_the_symlink_is_gone() {
+    let fx = fixtures();
+    let Some(py) = discover_pythons().into_iter().next() else {
+        eprintln!("SKIP: no CPython 3 found on this machine");
+        return;
+    };
+    let minor = py.minor();
+    let t = scratch();
+    let store = t.path().join("store");
+    // Two ways runners spell an interpreter through symlinks: a file symlink in another
+    // directory (`/usr/local/bin/python3.X` -> `/opt/…`, a shim farm), and a symlinked
+    // installation directory (hostedtoolcache's `…/x64` -> the real prefix).
+    let real_prefix = py.real.parent().unwrap().parent().unwrap();
+    for (i, farm_kind) in ["file symlink", "directory symlink"].iter().enumerate() {
+        let farm = t.path().join(format!("farm{i}"));
+        let via = match i {
+            0 => {
+                std::fs::create_dir_all(farm.join("bin")).unwrap();
+                std::os::unix::fs::symlink(&py.real, farm.join(format!("bin/python{minor}"))).unwrap();
+                farm.join(format!("bin/python{minor}"))
+            }
+            _ => {
+                std::os::unix::fs::symlink(real_prefix, &farm).unwrap();
+                farm.join("bin").join(py.real.file_name().unwrap())
+            }
+        };
+        let venv = t.path().join(format!("proj{i}/.venv"));
+        ok(cmd(&via, &[&"-m", &"venv", &"--without-pip", &venv]));
+        assert!(cfg_get(&venv, "home").starts_with(farm.to_str().unwrap()));
+        let key = format!("venv-farm{i}");
+        save(&store, &venv, &key);
+        // A new runner: the symlinks are gone, the real interpreter is still there.
+        if i == 0 {
+            std::fs::remove_dir_all(&farm).unwrap();
+        } else {
+            std::fs::remove_file(&farm).unwrap();
+        }
+        std::fs::remove_dir_all(&venv).unwrap();
+        let mut c = envsnap(&store);
+        c.args(["--json", "restore", "--key", &key])
+            .arg(&venv)
+            .env("PATH", format!("{}:/usr/bin:/bin", py.real.parent().unwrap().display()));
+        let r = json(&ok(c));
+        assert_names_real_interpreter(&venv);
+        assert!(
+            !std::fs::read_to_string(venv.join("pyvenv.cfg"))
+                .unwrap()
+                .contains(farm.to_str().unwrap()),
+            "{farm_kind}: {r}"
+        );
+        ok(cmd(venv.join("bin/python"), &[&"-c", &"import ssl, sqlite3"]));
+        assert_eq!(sys_prefix(&venv), venv.display().to_string());
+        // Tools that read pyvenv.cfg work on it.
+        let mut c = cmd(fx.tools.join("uv"), &[&"pip", &"list", &"--offline", &"--python"]);
+        c.arg(venv.join("bin/python")).env("UV_CACHE_DIR", &fx.uv_cache);
+        ok(c);
+        let vv = t.path().join(format!("vv{i}"));
+        ok(cmd(
+            fx.tools.join("virtualenv"),
+            &[&"--no-seed", &"-p", &venv.join("bin/python"), &vv],
+        ));
+        ok(cmd(vv.join("bin/python"), &[&"-c", &"import ssl"]));
+        ok(cmd(
+            venv.join("bin/python"),
+            &[&"-m", &"venv", &"--upgrade", &"--without-pip", &venv],
+        ));
+        ok(cmd(venv.join("bin/python"), &[&"-c", &"import ssl, sqlite3"]));
+        assert_names_real_interpreter(&venv);
+    }
 }
 
 /// Runs `envsnap` with Debian's `/usr/bin/python3.11` unusable (a private mount namespace

@@ -533,6 +533,13 @@ pub fn rewrite_pyvenv_cfg(text: &str, rw: &Rewriter, new: Option<&Interpreter>) 
             "executable" | "base-executable" => Some(n.executable.display().to_string()),
             "base-prefix" => n.base_prefix.as_ref().map(|p| p.display().to_string()),
             "base-exec-prefix" => n.base_exec_prefix.as_ref().map(|p| p.display().to_string()),
+            // `<python> -m venv …` (the stdlib venv): the interpreter that made it, named by
+            // whatever path was used then (maybe a symlink that is gone); the rest by replacement.
+            "command" if val.starts_with('/') => {
+                let exe_end = val.find(" -m ").unwrap_or_else(|| val.find(' ').unwrap_or(val.len()));
+                let (rest, _) = rw.replace_text(val[exe_end..].as_bytes(), false);
+                Some(format!("{}{}", n.executable.display(), String::from_utf8_lossy(&rest)))
+            }
             "version" => Some(n.version.clone()),
             // virtualenv: "3.11.7.final.0"; uv: "3.11.7"
             "version_info" => {

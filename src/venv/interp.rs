@@ -55,6 +55,13 @@ pub fn resolve(py: &Path, exclude_prefix: Option<&Path>) -> Result<Interpreter> 
     Ok(i)
 }
 
+/// Does directory `home` still hold interpreter `i` under one of the names a venv uses
+/// (its executable's name, `pythonX.Y`, `pythonX`, `python`)?
+pub fn names_interpreter(home: &Path, i: &Interpreter) -> bool {
+    let own = i.executable.file_name().map(|n| n.to_string_lossy().into_owned());
+    own.into_iter().chain(names(i)).any(|n| is_executable(&home.join(n)))
+}
+
 /// Candidate names on PATH, most specific first.
 fn names(want: &Interpreter) -> Vec<String> {
     let minor = want.minor();
@@ -75,8 +82,33 @@ pub fn choose(
     venv_dest: &Path,
 ) -> Result<Choice> {
     let need = format!("{} {}", pretty_impl(&want.implementation), want.minor());
-    // 1. The original, if it still exists and matches (even with --python: the venv already
-    //    names it, so nothing needs rewriting).
+    // 1. --python PY: what the user asked for wins, the original included (it only keeps the
+    //    recorded paths when PY *is* the original). It must match: a wrong minor is a miss,
+    //    not a silent mismatch.
+    if let Some(py) = explicit {
+        let py = if py.components().count() == 1 {
+            which(py, path_var.as_ref()).unwrap_or(py.to_path_buf())
+        } else {
+            py.to_path_buf()
+        };
+        let i = resolve(&py, Some(venv_dest)).map_err(|e| Error::Usage(format!("--python {}: {e}", py.display())))?;
+        if !compatible(want, &i) {
+            return Err(Error::Miss(format!(
+                "venv snapshot needs {need} (saved with {}), but --python {} is {} {}",
+                want.describe(),
+                py.display(),
+                pretty_impl(&i.implementation),
+                i.version
+            )));
+        }
+        if !super::inspect::same_file(&i.executable, &want.executable) {
+            return Ok(Choice {
+                interpreter: i,
+                reason: Reason::Explicit,
+            });
+        }
+    }
+    // 2. The original, if it still exists and matches.
     if want.executable.exists() {
         if let Ok(i) = resolve(&want.executable, None) {
             if compatible(want, &i) {
@@ -93,28 +125,6 @@ pub fn choose(
                 });
             }
         }
-    }
-    // 2. --python PY: must match too; a wrong minor is a miss, not a silent mismatch.
-    if let Some(py) = explicit {
-        let py = if py.components().count() == 1 {
-            which(py, path_var.as_ref()).unwrap_or(py.to_path_buf())
-        } else {
-            py.to_path_buf()
-        };
-        let i = resolve(&py, Some(venv_dest)).map_err(|e| Error::Usage(format!("--python {}: {e}", py.display())))?;
-        if compatible(want, &i) {
-            return Ok(Choice {
-                interpreter: i,
-                reason: Reason::Explicit,
-            });
-        }
-        return Err(Error::Miss(format!(
-            "venv snapshot needs {need} (saved with {}), but --python {} is {} {}",
-            want.describe(),
-            py.display(),
-            pretty_impl(&i.implementation),
-            i.version
-        )));
     }
     // 3. PATH search.
     let mut seen = HashSet::new();

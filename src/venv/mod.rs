@@ -41,6 +41,11 @@ pub struct VenvMeta {
     pub probe_error: Option<String>,
     /// Scanner fingerprint (the needles the per-file notes were computed with).
     pub scanner: String,
+    /// `home` as pyvenv.cfg spells it, when that is not the interpreter's own directory: a venv
+    /// made through a symlink (`…/x64/bin/python3.11`, `/usr/local/bin/python3.11` -> `/opt/…`,
+    /// a shim directory). The restore checks that this spelling still names an interpreter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cfg_home: Option<PathBuf>,
 }
 
 impl VenvMeta {
@@ -78,6 +83,11 @@ pub fn prepare_save(path: &Path) -> Result<(VenvMeta, VenvScanner)> {
     let rb: Vec<Vec<u8>> = roots.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect();
     let needles = Needles::new(&rb, &interp_paths(&info.interpreter));
     let scanner = VenvScanner::new(needles);
+    let cfg_home = info
+        .cfg
+        .get("home")
+        .map(PathBuf::from)
+        .filter(|h| *h != info.interpreter.home);
     let meta = VenvMeta {
         root,
         roots,
@@ -86,6 +96,7 @@ pub fn prepare_save(path: &Path) -> Result<(VenvMeta, VenvScanner)> {
         interpreter: info.interpreter,
         probe_error: info.probe_error,
         scanner: scanner.needles.fingerprint(),
+        cfg_home,
     };
     Ok((meta, scanner))
 }
@@ -157,7 +168,14 @@ pub fn decide(
     check_dest(&dest)?;
     let choice = interp::choose(&meta.interpreter, python, path_var, &dest)?;
     let root_moved = !meta.roots.contains(&dest);
-    let interp_changed = choice.reason != interp::Reason::Original;
+    // The original interpreter may still exist while the path the venv names it by does not
+    // (the symlinked directory it was made through is gone): then pyvenv.cfg and bin/python*
+    // are rewritten to the interpreter's real paths, as for any other interpreter.
+    let spelling_gone = meta
+        .cfg_home
+        .as_deref()
+        .is_some_and(|h| !interp::names_interpreter(h, &meta.interpreter));
+    let interp_changed = choice.reason != interp::Reason::Original || spelling_gone;
     Ok(RestorePlan {
         meta,
         dest,
