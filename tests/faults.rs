@@ -441,3 +441,258 @@ fn a_full_store_disk_still_lists_verifies_and_restores_and_says_which_disk_is_fu
         "a full destination is not the store's problem: {err}"
     );
 }
+
+/// xorshift64*: reproducible random kill points (the seed is printed; ENVSNAP_KILL_SEED reruns one).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// What a tree holds, for byte-exact comparison (modes, owners, mtimes, content, link targets).
+type Tree = std::collections::BTreeMap<String, Attr>;
+
+/// The kill test's source: small files, a large one (streamed through `tmp/`), symlinks, a
+/// hard link; `gen` changes some content, so saves write new objects.
+fn kill_source(src: &Path, gen: u64) {
+    if !src.exists() {
+        small_tree(src, "base", 300);
+        fs::write(src.join("big.bin"), vec![7u8; 9 << 20]).unwrap();
+        std::os::unix::fs::symlink("a/f0", src.join("link")).unwrap();
+        fs::hard_link(src.join("a/f2"), src.join("hard")).unwrap();
+    }
+    fs::write(
+        src.join(format!("a/gen{}", gen % 3)),
+        format!("generation {gen}\n").repeat(100),
+    )
+    .unwrap();
+    let mut big = fs::read(src.join("big.bin")).unwrap();
+    let at = (gen as usize * 4099) % big.len();
+    big[at] = gen as u8;
+    fs::write(src.join("big.bin"), big).unwrap();
+}
+
+/// The check after every kill: `verify` passes; every listed snapshot restores byte-exactly
+/// as one of the trees its key was saved from; returns the key → tree each one matched.
+fn check_store(store: &Path, scratch: &Path, expected: &std::collections::HashMap<String, Vec<Tree>>, what: &str) {
+    let o = envsnap(store, &["verify"]);
+    assert_eq!(code(&o), 0, "{what}: verify failed: {}", stderr(&o));
+    let list = ok_json(&envsnap(store, &["--json", "list"]));
+    for snap in list["snapshots"].as_array().unwrap() {
+        let key = snap["key"].as_str().unwrap();
+        let out = scratch.join("check");
+        let _ = fs::remove_dir_all(&out);
+        restore_json(store, out.to_str().unwrap(), &["--key", key, "--link", "copy"]);
+        let got = describe(&out);
+        assert!(
+            expected[key].iter().any(|t| *t == got),
+            "{what}: snapshot {key} restores as a tree it was never saved from"
+        );
+        fs::remove_dir_all(&out).unwrap();
+    }
+}
+
+#[test]
+fn kill_9_at_random_points_never_breaks_the_store_or_the_destination() {
+    let trials: u64 = std::env::var("ENVSNAP_KILL_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
+    let seed = std::env::var("ENVSNAP_KILL_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("kill test: {trials} trials, ENVSNAP_KILL_SEED={seed}");
+    let mut rng = Rng(seed);
+    let d = tmp();
+    let (src, store, scratch) = (d.path().join("src"), d.path().join("store"), d.path().join("scratch"));
+    let dests = d.path().join("dests");
+    fs::create_dir_all(&scratch).unwrap();
+    fs::create_dir_all(&dests).unwrap();
+    let keys = ["k0", "k1", "k2"];
+    let mut expected: std::collections::HashMap<String, Vec<Tree>> = Default::default();
+    kill_source(&src, 0);
+    for k in keys {
+        save_dir(&store, src.to_str().unwrap(), k);
+        expected.insert(k.into(), vec![describe(&src)]);
+    }
+    // How long each operation takes unkilled, so kill points spread over all of it.
+    let timed = |args: &[&str], env: &[(&str, &str)]| {
+        let t = std::time::Instant::now();
+        let o = envsnap_env(&store, args, env);
+        assert_eq!(code(&o), 0, "{args:?}: {}", stderr(&o));
+        t.elapsed().as_micros() as u64
+    };
+    let s = src.to_str().unwrap();
+    let save_us = timed(&["save", "dir", s, "--key", "k0"], &[]);
+    let probe = dests.join("probe");
+    let restore_us = timed(
+        &["restore", probe.to_str().unwrap(), "--key", "k0", "--link", "copy"],
+        &[],
+    );
+    let gc_us = timed(&["gc", "--max-age", "7d"], &[]);
+    let verify_us = timed(&["verify", "--repair"], &[]);
+    fs::remove_dir_all(&probe).unwrap();
+    let mut killed = 0;
+    for trial in 0..trials {
+        let gen = trial + 1;
+        let key = keys[rng.below(keys.len() as u64) as usize];
+        let op = rng.below(8);
+        let what;
+        let mut force_dest: Option<(PathBuf, Tree)> = None;
+        let mut fresh_dest: Option<PathBuf> = None;
+        let mut env: Vec<(&str, &str)> = Vec::new();
+        let (args, us): (Vec<String>, u64) = match op {
+            // save (new content under an existing key)
+            0 | 1 => {
+                kill_source(&src, gen);
+                what = format!("trial {trial}: save {key}");
+                (
+                    vec!["save".into(), "dir".into(), s.into(), "--key".into(), key.into()],
+                    save_us,
+                )
+            }
+            // restore into a fresh destination, every link mode
+            2 | 3 => {
+                let link = ["auto", "copy", "reflink", "hardlink"][rng.below(4) as usize];
+                let dest = dests.join(format!("fresh{trial}"));
+                what = format!("trial {trial}: restore {key} --link {link}");
+                fresh_dest = Some(dest.clone());
+                let a = vec![
+                    "restore".into(),
+                    dest.to_str().unwrap().into(),
+                    "--key".into(),
+                    key.into(),
+                    "--link".into(),
+                    link.into(),
+                ];
+                (a, restore_us)
+            }
+            // restore --force over an existing tree, with and without RENAME_EXCHANGE
+            4 | 5 => {
+                let link = ["auto", "copy", "hardlink"][rng.below(3) as usize];
+                let dest = dests.join("forced");
+                if !dest.exists() {
+                    small_tree(&dest, "the user's", 50);
+                }
+                let exchange = op == 4;
+                if !exchange {
+                    env.push(("ENVSNAP_TEST_NO_RENAME_EXCHANGE", "1"));
+                }
+                what = format!("trial {trial}: restore --force {key} --link {link} (exchange: {exchange})");
+                force_dest = Some((dest.clone(), describe(&dest)));
+                let a = vec![
+                    "restore".into(),
+                    dest.to_str().unwrap().into(),
+                    "--key".into(),
+                    key.into(),
+                    "--link".into(),
+                    link.into(),
+                    "--force".into(),
+                ];
+                (a, restore_us)
+            }
+            6 => {
+                what = format!("trial {trial}: gc");
+                (
+                    vec![
+                        "gc".into(),
+                        "--max-age".into(),
+                        "0s".into(),
+                        "--keep-last".into(),
+                        "2".into(),
+                    ],
+                    gc_us,
+                )
+            }
+            _ => {
+                what = format!("trial {trial}: verify --repair");
+                (vec!["verify".into(), "--repair".into()], verify_us)
+            }
+        };
+        let delay = std::time::Duration::from_micros(rng.below(us + us / 5 + 1));
+        let start = std::time::Instant::now();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let was_killed = kill_when(&store, &args, &env, || start.elapsed() >= delay);
+        killed += u64::from(was_killed);
+        if op <= 1 {
+            // The key now names the tree saved before, or this one.
+            expected.get_mut(key).unwrap().push(describe(&src));
+        }
+        if op == 6 {
+            // gc may have removed snapshots: only listed ones are checked.
+        }
+        // The destination is absent or complete.
+        if let Some(dest) = &fresh_dest {
+            if dest.exists() {
+                let got = describe(dest);
+                let is_snapshot = expected[key].iter().any(|t| {
+                    t.len() == got.len()
+                        && t.iter()
+                            .zip(&got)
+                            .all(|((p, w), (q, g))| p == q && w.kind == g.kind && w.content == g.content)
+                });
+                assert!(is_snapshot, "{what}: a partial tree at {}", dest.display());
+                fs::remove_dir_all(dest).unwrap();
+            }
+        }
+        if let Some((dest, before)) = &force_dest {
+            if !dest.exists() {
+                // Killed between moving the old tree aside and renaming the new one in: gc (or
+                // the next restore there) puts the old tree back.
+                let o = envsnap(&store, &["gc", "--max-age", "7d"]);
+                assert_eq!(code(&o), 0, "{what}: {}", stderr(&o));
+                assert!(
+                    dest.exists(),
+                    "{what}: the old tree was not put back: {:?}",
+                    leftovers(&dests)
+                );
+            }
+            let got = describe(dest);
+            let same_content = |a: &Tree, b: &Tree| {
+                a.len() == b.len()
+                    && a.iter()
+                        .zip(b)
+                        .all(|((p, w), (q, g))| p == q && w.kind == g.kind && w.content == g.content)
+            };
+            let old = same_content(&got, before);
+            let new = expected[key].iter().any(|t| same_content(t, &got));
+            assert!(
+                old || new,
+                "{what}: the destination is neither the old tree nor the snapshot"
+            );
+            if new {
+                // Back to a user tree for the next --force trial.
+                fs::remove_dir_all(dest).unwrap();
+            }
+        }
+        check_store(&store, &scratch, &expected, &what);
+        // The next save works.
+        kill_source(&src, gen);
+        let o = envsnap(&store, &["save", "dir", s, "--key", key]);
+        assert_eq!(code(&o), 0, "{what}: the next save failed: {}", stderr(&o));
+        expected.insert(key.into(), vec![describe(&src)]);
+    }
+    // After a gc nothing that killed restores left remains beside their destinations.
+    let o = envsnap(&store, &["gc", "--max-age", "7d"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let left = leftovers(&dests);
+    assert!(left.is_empty(), "seed {seed}: left behind: {left:?}");
+    assert_eq!(fs::read_dir(store.join("restores")).map(|r| r.count()).unwrap_or(0), 0);
+    check_store(&store, &scratch, &expected, "at the end");
+    eprintln!("kill test: {killed} of {trials} operations killed midway (seed {seed})");
+}
