@@ -537,7 +537,7 @@ pub fn rewrite_pyvenv_cfg(text: &str, rw: &Rewriter, new: Option<&Interpreter>) 
             // whatever path was used then (maybe a symlink that is gone); the rest by replacement.
             "command" if val.starts_with('/') => {
                 let exe_end = val.find(" -m ").unwrap_or_else(|| val.find(' ').unwrap_or(val.len()));
-                let (rest, _) = rw.replace_text(val[exe_end..].as_bytes(), false);
+                let (rest, _) = rw.replace_text(&val.as_bytes()[exe_end..], false);
                 Some(format!("{}{}", n.executable.display(), String::from_utf8_lossy(&rest)))
             }
             "version" => Some(n.version.clone()),
