@@ -633,9 +633,6 @@ fn kill_9_at_random_points_never_breaks_the_store_or_the_destination() {
             // The key now names the tree saved before, or this one.
             expected.get_mut(key).unwrap().push(describe(&src));
         }
-        if op == 6 {
-            // gc may have removed snapshots: only listed ones are checked.
-        }
         // The destination is absent or complete.
         if let Some(dest) = &fresh_dest {
             if dest.exists() {
