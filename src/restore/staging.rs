@@ -227,7 +227,8 @@ pub struct Record {
 impl Record {
     pub fn create(store_root: &Path, dest: &Path) -> Option<Record> {
         let dir = store_root.join(RECORDS_DIR);
-        fs::create_dir_all(&dir).ok()?;
+        // Private like the rest of the store: records name where restores write.
+        crate::store::private_dir(&dir).ok()?;
         let mut f = tempfile::Builder::new()
             .prefix(&format!("{}-", std::process::id()))
             .tempfile_in(&dir)
