@@ -29,7 +29,7 @@ fn skip(why: &str) {
     if std::env::var("ENVSNAP_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
         panic!("{why} (ENVSNAP_REQUIRE_ROOT_TESTS=1, so this is a failure, not a skip)");
     }
-    eprintln!("SKIPPED: {why}");
+    eprintln!("SKIP: {why}");
 }
 
 fn run(cmd: &mut Command) -> Output {

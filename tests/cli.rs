@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::pythons::skip;
 use common::*;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -287,29 +288,12 @@ fn venv_of_a_removable_python(dir: &Path, py: &Path) -> Option<PathBuf> {
     ok.then_some(venv)
 }
 
-fn skip(why: &str) {
-    if std::env::var_os("ENVSNAP_REQUIRE_ROOT_TESTS").is_some_and(|v| v == "1") {
-        panic!("SKIP not allowed in CI: {why}");
-    }
-    eprintln!("SKIP: {why}");
-}
-
-/// Some python3 with the venv module (any version), found on PATH: the real executable behind
-/// it (a pyenv shim execs another program, so a symlink to the shim would not be the venv's home).
+/// Some CPython that can make a venv (tests/common/pythons.rs found it), as its real executable.
 fn any_python3() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("python3"))
-        .filter(|p| p.is_file())
-        .find_map(|p| {
-            let o = Command::new(p)
-                .args(["-c", "import os, sys, venv; print(os.path.realpath(sys.executable))"])
-                .stderr(Stdio::null())
-                .output()
-                .ok()
-                .filter(|o| o.status.success())?;
-            Some(PathBuf::from(String::from_utf8(o.stdout).ok()?.trim()))
-        })
+    common::pythons::all()
+        .iter()
+        .find(|p| p.can_venv)
+        .map(|p| p.exe.clone())
 }
 
 /// `list` on a store that did not exist created it. Read-only commands never create or

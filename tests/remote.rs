@@ -762,22 +762,20 @@ fn transient_server_errors_are_retried_and_the_restore_succeeds() {
     assert_eq!(describe(&out), describe(&src));
 }
 
-/// A cp311 interpreter with venv support, found on PATH (python3.11).
-fn python311() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join("python3.11")).find(|p| {
-        Command::new(p)
-            .args(["-c", "import venv, ensurepip"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
-
-fn wheelhouse() -> Option<PathBuf> {
+/// The venv tests' interpreter (tests/common/pythons.rs: discovered, not assumed) and the
+/// fixture wheelhouse built for its cpXY tag.
+fn python_and_wheelhouse() -> Option<(PathBuf, PathBuf)> {
+    let py = common::pythons::primary()?;
     let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().to_path_buf();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/test-setup-venv.sh");
-    let out = Command::new(&script).arg(&target).output().ok()?;
-    out.status.success().then(|| target.join("fixtures/wheelhouse"))
+    let out = Command::new(&script)
+        .arg(&target)
+        .env("ENVSNAP_TEST_PYTHON", &py.exe)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| (py.exe.clone(), target.join(format!("fixtures/wheelhouse-{}", py.tag()))))
 }
 
 fn pip(venv: &Path, wh: &Path, pkgs: &[&str]) {
@@ -802,8 +800,11 @@ fn pip(venv: &Path, wh: &Path, pkgs: &[&str]) {
 /// another path, it imports its packages; adding one package uploads a small fraction.
 #[test]
 fn a_real_venv_round_trips_through_the_remote_and_one_more_package_uploads_little() {
-    let (Some(py), Some(wh)) = (python311(), wheelhouse()) else {
-        require("python3.11 with venv on PATH and the wheelhouse (.ci/test-setup-venv.sh)");
+    let Some((py, wh)) = python_and_wheelhouse() else {
+        require(&format!(
+            "a CPython 3.9+ with venv and the wheelhouse (.ci/test-setup-venv.sh): {}",
+            common::pythons::describe()
+        ));
         return;
     };
     for r in Remote::both() {

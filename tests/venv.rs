@@ -1,19 +1,20 @@
 //! Virtualenv snapshots with real venvs built from PyPI wheels.
 //!
-//! Fixtures (a cp311 wheelhouse and a tools venv with virtualenv + uv) come from
-//! `.ci/test-setup-venv.sh`, cached under `target/fixtures/`, so warm reruns are offline.
-//! Needs pyenv's CPython 3.11.7 and 3.12.1 and Debian's /usr/bin/python3.11: a missing one
-//! fails the test loudly, it never skips.
+//! Interpreters are discovered (`tests/common/pythons.rs`: PATH, pyenv, uv, /usr/bin), never
+//! assumed: the tests use one CPython 3.9+ with venv support ("the primary"), and a test that
+//! needs a second installation the machine lacks (another patch or minor version, the
+//! distribution's /usr python beside another of its minor, an older Python) skips with a
+//! `SKIP:` line. Fixtures (a wheelhouse for the primary's cpXY tag and a tools venv with
+//! virtualenv + uv) come from `.ci/test-setup-venv.sh`, cached under `target/fixtures/`, so warm
+//! reruns are offline.
 
+mod common;
+
+use common::pythons::{self, need, Python};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
-
-const PY311: &str = "/root/.pyenv/versions/3.11.7/bin/python3.11";
-const PY311_HOME: &str = "/root/.pyenv/versions/3.11.7/bin";
-const PY312: &str = "/root/.pyenv/versions/3.12.1/bin/python3.12";
-const DEBIAN_PY311: &str = "/usr/bin/python3.11";
 
 struct Fixtures {
     wheelhouse: PathBuf,
@@ -21,30 +22,51 @@ struct Fixtures {
     uv_cache: PathBuf,
 }
 
+/// The primary interpreter, or a skip naming the test.
+fn primary(test: &str) -> Option<&'static Python> {
+    need(pythons::primary(), test, "a CPython 3.9+ with venv and ensurepip")
+}
+
 fn fixtures() -> &'static Fixtures {
     static FX: OnceLock<Fixtures> = OnceLock::new();
     FX.get_or_init(|| {
-        for p in [PY311, PY312, DEBIAN_PY311] {
-            assert!(Path::new(p).exists(), "test prerequisite missing: {p}");
-        }
+        let py = pythons::primary().expect("fixtures() after primary()");
         let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().to_path_buf();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/test-setup-venv.sh");
         let out = Command::new(&script)
             .arg(&target)
+            .env("ENVSNAP_TEST_PYTHON", &py.exe)
             .output()
             .expect("run .ci/test-setup-venv.sh");
         assert!(
             out.status.success(),
-            "fixture setup failed:\n{}",
+            "fixture setup for {} failed:\n{}",
+            py.exe.display(),
             String::from_utf8_lossy(&out.stderr)
         );
         let fx = target.join("fixtures");
         Fixtures {
-            wheelhouse: fx.join("wheelhouse"),
+            wheelhouse: fx.join(format!("wheelhouse-{}", py.tag())),
             tools: fx.join("tools/bin"),
             uv_cache: fx.join("uv-cache"),
         }
     })
+}
+
+/// `lib/python3.X/site-packages` of a venv made by `p`.
+fn site_packages(venv: &Path, p: &Python) -> PathBuf {
+    venv.join("lib").join(p.versioned_name()).join("site-packages")
+}
+
+/// A directory with a pyenv-style shim `python3.X` that execs `p`: what PATH holds on a
+/// machine with pyenv or asdf (a script, not the interpreter itself).
+fn shim_dir(t: &Path, p: &Python) -> PathBuf {
+    let d = t.join("shims");
+    std::fs::create_dir_all(&d).unwrap();
+    let shim = d.join(p.versioned_name());
+    std::fs::write(&shim, format!("#!/bin/sh\nexec \"{}\" \"$@\"\n", p.exe.display())).unwrap();
+    std::fs::set_permissions(&shim, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    d
 }
 
 fn scratch() -> tempfile::TempDir {
@@ -205,12 +227,16 @@ fn rewritten_paths(r: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn moved_venv_keeps_scripts_c_extensions_pip_and_editable_working_at_spaced_and_shorter_paths() {
+    let Some(p) = primary("moved_venv_keeps_scripts_c_extensions_pip_and_editable_working_at_spaced_and_shorter_paths")
+    else {
+        return;
+    };
     let t = scratch();
     let store = t.path().join("store");
     let src = t.path().join("src/hello-pkg");
     write_editable_pkg(&src);
     let orig = t.path().join("project/with/a/deep/original/.venv");
-    ok(cmd(PY311, &[&"-m", &"venv", &orig]));
+    ok(cmd(&p.exe, &[&"-m", &"venv", &orig]));
     pip_install(&orig, &["black", "pyyaml", "markupsafe", "numpy"]);
     let mut e = cmd(
         orig.join("bin/pip"),
@@ -239,7 +265,7 @@ fn moved_venv_keeps_scripts_c_extensions_pip_and_editable_working_at_spaced_and_
 
     let s = save(&store, &orig, "venv-full");
     assert_eq!(s["kind"], "venv");
-    assert_eq!(s["venv"]["interpreter"]["version"], "3.11.7");
+    assert_eq!(s["venv"]["interpreter"]["version"], p.version.as_str());
     assert_eq!(s["venv"]["interpreter"]["source"], "probe");
     assert!(s["files_with_paths"].as_u64().unwrap() >= 8, "{s}");
     std::fs::remove_dir_all(&orig).unwrap();
@@ -295,23 +321,26 @@ fn moved_venv_keeps_scripts_c_extensions_pip_and_editable_working_at_spaced_and_
 
 #[test]
 fn hardlinked_restore_with_fixups_leaves_store_objects_untouched() {
+    let Some(p) = primary("hardlinked_restore_with_fixups_leaves_store_objects_untouched") else {
+        return;
+    };
     let t = scratch();
     let store = t.path().join("store");
     let orig = t.path().join("orig");
-    ok(cmd(PY311, &[&"-m", &"venv", &orig]));
+    ok(cmd(&p.exe, &[&"-m", &"venv", &orig]));
     pip_install(&orig, &["six"]);
     save(&store, &orig, "venv-hl");
     // A dry run decides the interpreter and the rewrites, and writes nothing.
     let dry = t.path().join("dry/v");
     let r = restore(&store, "venv-hl", &dry, &["--dry-run"]);
-    assert_eq!(r["interpreter"]["path"], PY311, "{r}");
+    assert_eq!(r["interpreter"]["path"], p.exe.to_str().unwrap(), "{r}");
     assert!(!dry.exists() && !dry.parent().unwrap().exists());
     let dest = t.path().join("elsewhere/v");
     let r = restore(&store, "venv-hl", &dest, &["--link", "hardlink"]);
     assert!(r["link"].as_str().unwrap().contains("hardlink"), "{r}");
     // Rewritten files are private copies; untouched ones share the store's inodes.
     assert_eq!(std::fs::metadata(dest.join("bin/pip")).unwrap().nlink(), 1);
-    let six = dest.join("lib/python3.11/site-packages/six.py");
+    let six = site_packages(&dest, p).join("six.py");
     assert!(std::fs::metadata(&six).unwrap().nlink() > 1);
     ok(cmd(dest.join("bin/pip"), &[&"--version"]));
     let mut v = envsnap(&store);
@@ -325,18 +354,24 @@ fn hardlinked_restore_with_fixups_leaves_store_objects_untouched() {
     ok(cmd(orig.join("bin/pip"), &[&"--version"]));
 }
 
-/// A venv made from `…/hostedtoolcache/Python/3.11.7/x64/bin/python3.11`, saved, and that
-/// interpreter removed (a new runner image).
-fn toolcache_venv(t: &Path, store: &Path, key: &str) -> PathBuf {
-    toolcache_venv_with(t, store, key, &[])
+/// A venv made from `…/hostedtoolcache/Python/3.X.Y/x64/bin/python3.X` (`p`'s installation
+/// seen through a symlink, as actions/setup-python lays it out), saved, and that interpreter
+/// removed (a new runner image).
+fn toolcache_venv(t: &Path, store: &Path, key: &str, p: &Python) -> PathBuf {
+    toolcache_venv_with(t, store, key, &[], p)
 }
 
-fn toolcache_venv_with(t: &Path, store: &Path, key: &str, venv_args: &[&str]) -> PathBuf {
-    let x64 = t.join("hostedtoolcache/Python/3.11.7/x64");
+fn toolcache_venv_with(t: &Path, store: &Path, key: &str, venv_args: &[&str], p: &Python) -> PathBuf {
+    let x64 = t.join(format!("hostedtoolcache/Python/{}/x64", p.version));
     std::fs::create_dir_all(x64.parent().unwrap()).unwrap();
-    std::os::unix::fs::symlink("/root/.pyenv/versions/3.11.7", &x64).unwrap();
+    assert_eq!(
+        p.home(),
+        p.prefix.join("bin"),
+        "{p:?}: the interpreter is not in its prefix's bin/"
+    );
+    std::os::unix::fs::symlink(&p.prefix, &x64).unwrap();
     let venv = t.join("proj/.venv");
-    let mut c = Command::new(x64.join("bin/python3.11"));
+    let mut c = Command::new(x64.join("bin").join(p.exe.file_name().unwrap()));
     c.args(["-m", "venv"]).args(venv_args).arg(&venv);
     ok(c);
     pip_install(&venv, &["six"]);
@@ -361,21 +396,24 @@ fn cfg_get(venv: &Path, key: &str) -> String {
 
 #[test]
 fn interpreter_gone_after_runner_upgrade_retargets_to_same_minor_on_path() {
+    let Some(p) = primary("interpreter_gone_after_runner_upgrade_retargets_to_same_minor_on_path") else {
+        return;
+    };
     let t = scratch();
     let store = t.path().join("store");
-    let venv = toolcache_venv(t.path(), &store, "venv-tc");
-    // PATH has pyenv's shims: python3.11 is a shell script, resolved to the real binary.
+    let venv = toolcache_venv(t.path(), &store, "venv-tc", p);
+    // PATH has a pyenv-style shim: python3.X is a shell script, resolved to the real binary.
     let mut c = envsnap(&store);
     c.args(["--json", "restore", "--key", "venv-tc"])
         .arg(&venv)
-        .env("PATH", "/root/.pyenv/shims:/usr/bin:/bin");
+        .env("PATH", format!("{}:/usr/bin:/bin", shim_dir(t.path(), p).display()));
     let r = json(&ok(c));
     assert_eq!(r["interpreter"]["reason"], "path");
-    assert_eq!(r["interpreter"]["path"], PY311);
-    assert_eq!(cfg_get(&venv, "home"), PY311_HOME);
+    assert_eq!(r["interpreter"]["path"], p.exe.to_str().unwrap());
+    assert_eq!(cfg_get(&venv, "home"), p.home().to_str().unwrap());
     assert_eq!(
-        std::fs::read_link(venv.join("bin/python3.11")).unwrap(),
-        Path::new(PY311)
+        std::fs::read_link(venv.join("bin").join(p.versioned_name())).unwrap(),
+        p.exe
     );
     ok(cmd(venv.join("bin/python"), &[&"-c", &"import six, ssl, sqlite3"]));
     ok(cmd(venv.join("bin/pip"), &[&"--version"]));
@@ -384,72 +422,104 @@ fn interpreter_gone_after_runner_upgrade_retargets_to_same_minor_on_path() {
 
 #[test]
 fn explicit_python_with_other_patch_version_sets_home_there() {
+    let Some(p) = primary("explicit_python_with_other_patch_version_sets_home_there") else {
+        return;
+    };
+    let Some(q) = need(
+        pythons::same_minor_other(p),
+        "explicit_python_with_other_patch_version_sets_home_there",
+        &format!("a second Python {} installation besides {}", p.minor, p.exe.display()),
+    ) else {
+        return;
+    };
     let t = scratch();
     let store = t.path().join("store");
-    toolcache_venv(t.path(), &store, "venv-tc2");
-    let dest = t.path().join("debian venv");
-    let r = restore(&store, "venv-tc2", &dest, &["--python", DEBIAN_PY311]);
+    toolcache_venv(t.path(), &store, "venv-tc2", p);
+    let dest = t.path().join("other patch venv");
+    let r = restore(&store, "venv-tc2", &dest, &["--python", q.exe.to_str().unwrap()]);
     assert_eq!(r["interpreter"]["reason"], "explicit");
-    assert_eq!(r["interpreter"]["version"], "3.11.2");
-    assert_eq!(cfg_get(&dest, "home"), "/usr/bin");
-    assert_eq!(cfg_get(&dest, "version"), "3.11.2");
+    assert_eq!(r["interpreter"]["version"], q.version.as_str());
+    assert_eq!(cfg_get(&dest, "home"), q.home().to_str().unwrap());
+    assert_eq!(cfg_get(&dest, "version"), q.version);
     let v = ok(cmd(
         dest.join("bin/python"),
         &[&"-c", &"import platform, six, ssl; print(platform.python_version())"],
     ));
-    assert_eq!(v.trim(), "3.11.2");
+    assert_eq!(v.trim(), q.version);
     ok(cmd(dest.join("bin/pip"), &[&"--version"]));
     assert_eq!(activate_python(&dest), dest.join("bin/python").display().to_string());
 }
 
 #[test]
 fn other_minor_version_is_a_miss_and_writes_nothing() {
+    let Some(p) = primary("other_minor_version_is_a_miss_and_writes_nothing") else {
+        return;
+    };
+    let Some(r) = need(
+        pythons::other_minor(p),
+        "other_minor_version_is_a_miss_and_writes_nothing",
+        &format!("a Python of another minor version than {}", p.minor),
+    ) else {
+        return;
+    };
     let t = scratch();
     let store = t.path().join("store");
-    toolcache_venv(t.path(), &store, "venv-tc3");
+    toolcache_venv(t.path(), &store, "venv-tc3", p);
     let parent = t.path().join("out");
     std::fs::create_dir_all(&parent).unwrap();
     let dest = parent.join("v");
-    // --python 3.12 for a 3.11 venv.
+    // --python of another minor (say 3.12 for a 3.11 venv).
     let mut c = envsnap(&store);
     c.args(["restore", "--key", "venv-tc3"])
         .arg(&dest)
-        .args(["--python", PY312]);
+        .arg("--python")
+        .arg(&r.exe);
     let out = c.output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", show(&c, &out));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("3.11") && err.contains("3.12"), "{err}");
-    // Only 3.12 on PATH; a --fallback does not rescue it either.
-    let only312 = t.path().join("only312");
-    std::fs::create_dir_all(&only312).unwrap();
-    std::os::unix::fs::symlink(PY312, only312.join("python3")).unwrap();
+    assert!(err.contains(&p.minor) && err.contains(&r.minor), "{err}");
+    // Only that one on PATH; a --fallback does not rescue it either.
+    let only_other = t.path().join("only-other");
+    std::fs::create_dir_all(&only_other).unwrap();
+    std::os::unix::fs::symlink(&r.exe, only_other.join("python3")).unwrap();
     let mut c = envsnap(&store);
     c.args(["restore", "--key", "venv-tc3", "--fallback", "venv-"])
         .arg(&dest)
-        .env("PATH", &only312);
+        .env("PATH", &only_other);
     let out = c.output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", show(&c, &out));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("3.11") && err.contains("3.12.1"), "{err}");
+    assert!(err.contains(&p.minor) && err.contains(&r.version), "{err}");
     assert_eq!(std::fs::read_dir(&parent).unwrap().count(), 0, "nothing written");
 }
 
 #[test]
 fn copies_venv_gets_a_copy_of_the_new_interpreter() {
+    let Some(p) = primary("copies_venv_gets_a_copy_of_the_new_interpreter") else {
+        return;
+    };
+    let Some(q) = need(
+        pythons::same_minor_other(p),
+        "copies_venv_gets_a_copy_of_the_new_interpreter",
+        &format!("a second Python {} installation besides {}", p.minor, p.exe.display()),
+    ) else {
+        return;
+    };
     let t = scratch();
     let store = t.path().join("store");
     // The original interpreter is gone, so --python is used.
-    toolcache_venv_with(t.path(), &store, "venv-copies", &["--copies"]);
+    toolcache_venv_with(t.path(), &store, "venv-copies", &["--copies"], p);
     let dest = t.path().join("v2");
-    let r = restore(&store, "venv-copies", &dest, &["--python", DEBIAN_PY311]);
-    assert!(rewritten_paths(&r).iter().any(|p| p == "bin/python3.11"), "{r}");
-    let py = std::fs::read(dest.join("bin/python3.11")).unwrap();
-    assert_eq!(py, std::fs::read(std::fs::canonicalize(DEBIAN_PY311).unwrap()).unwrap());
+    let r = restore(&store, "venv-copies", &dest, &["--python", q.exe.to_str().unwrap()]);
+    let name = format!("bin/{}", p.versioned_name());
+    assert!(rewritten_paths(&r).contains(&name), "{r}");
+    let py = std::fs::read(dest.join(&name)).unwrap();
+    assert_eq!(py, std::fs::read(&q.exe).unwrap());
     let v = ok(cmd(
         dest.join("bin/python"),
         &[&"-c", &"import platform, six; print(platform.python_version())"],
     ));
-    assert_eq!(v.trim(), "3.11.2");
+    assert_eq!(v.trim(), q.version);
     ok(cmd(dest.join("bin/pip"), &[&"--version"]));
 }
 
@@ -462,16 +532,19 @@ fn check_small_venv(v: &Path) {
 
 #[test]
 fn virtualenv_and_uv_venvs_round_trip_to_a_new_path() {
+    let Some(p) = primary("virtualenv_and_uv_venvs_round_trip_to_a_new_path") else {
+        return;
+    };
     let fx = fixtures();
     let t = scratch();
     let store = t.path().join("store");
     let ve = t.path().join("ve");
-    ok(cmd(fx.tools.join("virtualenv"), &[&"-q", &"-p", &PY311, &ve]));
+    ok(cmd(fx.tools.join("virtualenv"), &[&"-q", &"-p", &p.exe, &ve]));
     pip_install(&ve, &["black", "pyyaml", "six"]);
     let mut made = vec![("virtualenv", ve.clone())];
     for (name, extra) in [("uv", None), ("uv-relocatable", Some("--relocatable"))] {
         let v = t.path().join(name);
-        let mut c = cmd(fx.tools.join("uv"), &[&"venv", &"-q", &"-p", &PY311]);
+        let mut c = cmd(fx.tools.join("uv"), &[&"venv", &"-q", &"-p", &p.exe]);
         c.args(extra).arg(&v).env("UV_CACHE_DIR", &fx.uv_cache);
         ok(c);
         uv_install(&v, &["black", "pyyaml", "six"]);
@@ -514,32 +587,43 @@ fn save_venv_refuses_plain_and_missing_directories() {
 
 #[test]
 fn save_venv_whose_interpreter_cannot_run_reads_pyvenv_cfg() {
+    let Some(p) = primary("save_venv_whose_interpreter_cannot_run_reads_pyvenv_cfg") else {
+        return;
+    };
     let t = scratch();
     let store = t.path().join("store");
     let venv = t.path().join("v");
-    ok(cmd(PY311, &[&"-m", &"venv", &"--without-pip", &venv]));
+    ok(cmd(&p.exe, &[&"-m", &"venv", &"--without-pip", &venv]));
     // The interpreter is gone (a runner image without it).
-    std::fs::remove_file(venv.join("bin/python3.11")).unwrap();
-    std::os::unix::fs::symlink("/nonexistent/python3.11", venv.join("bin/python3.11")).unwrap();
+    let name = venv.join("bin").join(p.versioned_name());
+    std::fs::remove_file(&name).unwrap();
+    std::os::unix::fs::symlink(Path::new("/nonexistent").join(p.versioned_name()), &name).unwrap();
     let s = save(&store, &venv, "venv-broken");
     assert_eq!(s["venv"]["interpreter"]["source"], "pyvenv.cfg");
-    assert_eq!(s["venv"]["interpreter"]["version"], "3.11.7");
-    assert_eq!(s["venv"]["interpreter"]["home"], PY311_HOME);
+    assert_eq!(s["venv"]["interpreter"]["version"], p.version.as_str());
+    assert_eq!(s["venv"]["interpreter"]["home"], p.home().to_str().unwrap());
     // And it restores onto the same minor found on PATH.
     let dest = t.path().join("w");
-    restore(&store, "venv-broken", &dest, &[]);
+    let mut c = envsnap(&store);
+    c.args(["--json", "restore", "--key", "venv-broken"])
+        .arg(&dest)
+        .env("PATH", format!("{}:/usr/bin:/bin", shim_dir(t.path(), p).display()));
+    ok(c);
     ok(cmd(dest.join("bin/python"), &[&"-c", &"import ssl"]));
 }
 
 #[test]
 fn failing_smoke_test_rolls_back_the_restore() {
+    let Some(p) = primary("failing_smoke_test_rolls_back_the_restore") else {
+        return;
+    };
     let t = scratch();
     let store = t.path().join("store");
     let venv = t.path().join("v");
-    ok(cmd(PY311, &[&"-m", &"venv", &"--without-pip", &venv]));
+    ok(cmd(&p.exe, &[&"-m", &"venv", &"--without-pip", &venv]));
     // A .pth that kills every interpreter start in this venv.
     std::fs::write(
-        venv.join("lib/python3.11/site-packages/zz_broken.pth"),
+        site_packages(&venv, p).join("zz_broken.pth"),
         "import sys; sys.exit(7)\n",
     )
     .unwrap();
@@ -560,10 +644,13 @@ fn failing_smoke_test_rolls_back_the_restore() {
 
 #[test]
 fn second_save_with_one_more_package_stores_only_that_package() {
+    let Some(p) = primary("second_save_with_one_more_package_stores_only_that_package") else {
+        return;
+    };
     let t = scratch();
     let store = t.path().join("store");
     let venv = t.path().join("v");
-    ok(cmd(PY311, &[&"-m", &"venv", &venv]));
+    ok(cmd(&p.exe, &[&"-m", &"venv", &venv]));
     pip_install(&venv, &["pyyaml"]);
     save(&store, &venv, "venv-1");
     pip_install(&venv, &["six"]);
@@ -576,9 +663,16 @@ fn second_save_with_one_more_package_stores_only_that_package() {
 
 #[test]
 fn py38_venv_records_its_base_interpreter_not_its_own_python() {
-    // Python 3.8 reports the venv's own bin/python as sys._base_executable.
-    let py38 = "/root/.pyenv/versions/3.8.18/bin/python3.8";
-    assert!(Path::new(py38).exists(), "test prerequisite missing: {py38}");
+    // Python 3.8 reports the venv's own bin/python as sys._base_executable (3.8 preferred;
+    // any Python older than 3.11 checks the same rule).
+    let Some(old) = need(
+        pythons::older_than_311(),
+        "py38_venv_records_its_base_interpreter_not_its_own_python",
+        "a Python older than 3.11 (3.8 best)",
+    ) else {
+        return;
+    };
+    let py38 = old.exe.to_str().unwrap();
     let t = scratch();
     let store = t.path().join("store");
     let venv = t.path().join("v38");
@@ -593,102 +687,28 @@ fn py38_venv_records_its_base_interpreter_not_its_own_python() {
     assert_eq!(sys_prefix(&dest), dest.display().to_string());
 }
 
-/// A Python found on this machine: the real executable (symlinks resolved), its version.
-#[derive(Clone, Debug)]
-struct Found {
-    real: PathBuf,
-    version: String,
-}
-
-impl Found {
-    fn minor(&self) -> String {
-        self.version.split('.').take(2).collect::<Vec<_>>().join(".")
-    }
-}
-
-/// Every CPython 3 this machine has, discovered, never assumed: `python3.X` in each PATH
-/// directory, /usr/bin and /usr/local/bin, pyenv's versions and `uv python find`. Venv pythons
-/// are left out; symlinks and shims resolve to one entry per real executable.
-fn discover_pythons() -> Vec<Found> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    dirs.extend(["/usr/bin", "/usr/local/bin"].map(PathBuf::from));
-    if let Ok(o) = Command::new("pyenv").arg("root").output() {
-        let root = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
-        for v in std::fs::read_dir(root.join("versions")).into_iter().flatten().flatten() {
-            dirs.push(v.path().join("bin"));
-        }
-    }
-    let mut cands: Vec<PathBuf> = Vec::new();
-    for d in dirs {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if n.strip_prefix("python3.")
-                .is_some_and(|m| !m.is_empty() && m.chars().all(|c| c.is_ascii_digit()))
-            {
-                cands.push(e.path());
-            }
-        }
-    }
-    for minor in ["3.9", "3.10", "3.11", "3.12", "3.13"] {
-        if let Ok(o) = Command::new("uv").args(["python", "find", "--system", minor]).output() {
-            if o.status.success() {
-                cands.push(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-            }
-        }
-    }
-    let mut found: Vec<Found> = Vec::new();
-    for c in cands {
-        let probe = "import os, platform, sys; print(sys.prefix != sys.base_prefix, platform.python_implementation(), platform.python_version(), os.path.realpath(sys.executable))";
-        let Ok(o) = cmd(&c, &[&"-I", &"-c", &probe]).output() else {
-            continue;
-        };
-        let out = String::from_utf8_lossy(&o.stdout).into_owned();
-        let f: Vec<&str> = out.trim().splitn(4, ' ').collect();
-        if !o.status.success() || f.len() != 4 || f[0] != "False" || f[1] != "CPython" {
-            continue;
-        }
-        let real = PathBuf::from(f[3]);
-        if !found.iter().any(|x| x.real == real) {
-            found.push(Found {
-                real,
-                version: f[2].to_string(),
-            });
-        }
-    }
-    found
-}
-
-/// Two different installations of the same minor version (say Debian's 3.11.2 and pyenv's
-/// 3.11.7), or None: the caller skips, saying why.
-fn same_minor_pair() -> Option<(Found, Found)> {
-    let all = discover_pythons();
-    for (i, a) in all.iter().enumerate() {
-        if let Some(b) = all[i + 1..].iter().find(|b| b.minor() == a.minor()) {
-            return Some((a.clone(), b.clone()));
-        }
-    }
-    None
-}
-
 #[test]
 fn explicit_python_wins_over_the_original_interpreter_that_still_exists() {
-    let Some((a, b)) = same_minor_pair() else {
-        eprintln!("SKIP: no two installations of one Python minor version here (PATH, /usr/bin, pyenv, uv)");
+    let test = "explicit_python_wins_over_the_original_interpreter_that_still_exists";
+    let Some(a) = primary(test) else { return };
+    let Some(b) = need(
+        pythons::same_minor_other(a),
+        test,
+        &format!("a second Python {} installation besides {}", a.minor, a.exe.display()),
+    ) else {
         return;
     };
     let t = scratch();
     let store = t.path().join("store");
     let orig = t.path().join("orig");
-    ok(cmd(&a.real, &[&"-m", &"venv", &"--without-pip", &orig]));
+    ok(cmd(&a.exe, &[&"-m", &"venv", &"--without-pip", &orig]));
     save(&store, &orig, "venv-explicit");
     // The original still exists, and the user asks for the other one: theirs wins.
     let dest = t.path().join("moved");
-    let r = restore(&store, "venv-explicit", &dest, &["--python", b.real.to_str().unwrap()]);
+    let r = restore(&store, "venv-explicit", &dest, &["--python", b.exe.to_str().unwrap()]);
     assert_eq!(r["interpreter"]["reason"], "explicit", "{r}");
-    assert_eq!(r["interpreter"]["path"], b.real.to_str().unwrap(), "{r}");
-    assert_eq!(cfg_get(&dest, "home"), b.real.parent().unwrap().to_str().unwrap());
+    assert_eq!(r["interpreter"]["path"], b.exe.to_str().unwrap(), "{r}");
+    assert_eq!(cfg_get(&dest, "home"), b.home().to_str().unwrap());
     let v = ok(cmd(
         dest.join("bin/python"),
         &[
@@ -696,11 +716,11 @@ fn explicit_python_wins_over_the_original_interpreter_that_still_exists() {
             &"import os, platform, sys; print(platform.python_version(), os.path.realpath(sys._base_executable))",
         ],
     ));
-    assert_eq!(v.trim(), format!("{} {}", b.version, b.real.display()));
+    assert_eq!(v.trim(), format!("{} {}", b.version, b.exe.display()));
     assert_eq!(sys_prefix(&dest), dest.display().to_string());
     // --python naming the original keeps what the venv already names.
     let dest2 = t.path().join("moved2");
-    let r = restore(&store, "venv-explicit", &dest2, &["--python", a.real.to_str().unwrap()]);
+    let r = restore(&store, "venv-explicit", &dest2, &["--python", a.exe.to_str().unwrap()]);
     assert_eq!(r["interpreter"]["reason"], "original", "{r}");
     let v = ok(cmd(
         dest2.join("bin/python"),
@@ -737,29 +757,29 @@ fn assert_names_real_interpreter(v: &Path) {
 
 #[test]
 fn a_venv_made_through_a_symlinked_interpreter_names_a_real_one_after_the_symlink_is_gone() {
-    let fx = fixtures();
-    let Some(py) = discover_pythons().into_iter().next() else {
-        eprintln!("SKIP: no CPython 3 found on this machine");
+    let Some(py) = primary("a_venv_made_through_a_symlinked_interpreter_names_a_real_one_after_the_symlink_is_gone")
+    else {
         return;
     };
-    let minor = py.minor();
+    let fx = fixtures();
+    let minor = &py.minor;
     let t = scratch();
     let store = t.path().join("store");
     // Two ways runners spell an interpreter through symlinks: a file symlink in another
     // directory (`/usr/local/bin/python3.X` -> `/opt/…`, a shim farm), and a symlinked
     // installation directory (hostedtoolcache's `…/x64` -> the real prefix).
-    let real_prefix = py.real.parent().unwrap().parent().unwrap();
+    let real_prefix = py.exe.parent().unwrap().parent().unwrap();
     for (i, farm_kind) in ["file symlink", "directory symlink"].iter().enumerate() {
         let farm = t.path().join(format!("farm{i}"));
         let via = match i {
             0 => {
                 std::fs::create_dir_all(farm.join("bin")).unwrap();
-                std::os::unix::fs::symlink(&py.real, farm.join(format!("bin/python{minor}"))).unwrap();
+                std::os::unix::fs::symlink(&py.exe, farm.join(format!("bin/python{minor}"))).unwrap();
                 farm.join(format!("bin/python{minor}"))
             }
             _ => {
                 std::os::unix::fs::symlink(real_prefix, &farm).unwrap();
-                farm.join("bin").join(py.real.file_name().unwrap())
+                farm.join("bin").join(py.exe.file_name().unwrap())
             }
         };
         let venv = t.path().join(format!("proj{i}/.venv"));
@@ -777,7 +797,7 @@ fn a_venv_made_through_a_symlinked_interpreter_names_a_real_one_after_the_symlin
         let mut c = envsnap(&store);
         c.args(["--json", "restore", "--key", &key])
             .arg(&venv)
-            .env("PATH", format!("{}:/usr/bin:/bin", py.real.parent().unwrap().display()));
+            .env("PATH", format!("{}:/usr/bin:/bin", py.home().display()));
         let r = json(&ok(c));
         assert_names_real_interpreter(&venv);
         assert!(
@@ -807,15 +827,15 @@ fn a_venv_made_through_a_symlinked_interpreter_names_a_real_one_after_the_symlin
     }
 }
 
-/// Runs `envsnap` with Debian's `/usr/bin/python3.11` unusable (a private mount namespace
+/// Runs `envsnap` with the distribution's interpreter `d` unusable (a private mount namespace
 /// bind-mounts /dev/null over it): the runner image no longer has the original.
-fn envsnap_without_debian_python(store: &Path) -> Command {
+fn envsnap_without(store: &Path, d: &Python) -> Command {
     let mut c = Command::new("unshare");
     c.args([
         "-m",
         "sh",
         "-c",
-        "mount --bind /dev/null /usr/bin/python3.11 && exec \"$0\" \"$@\"",
+        &format!("mount --bind /dev/null '{}' && exec \"$0\" \"$@\"", d.exe.display()),
     ])
     .arg(env!("CARGO_BIN_EXE_envsnap"))
     .arg("--store")
@@ -827,27 +847,46 @@ fn envsnap_without_debian_python(store: &Path) -> Command {
 
 #[test]
 fn debian_usr_home_and_prefix_do_not_rewrite_unrelated_usr_paths() {
+    let Some(p) = primary("debian_usr_home_and_prefix_do_not_rewrite_unrelated_usr_paths") else {
+        return;
+    };
+    let test = "debian_usr_home_and_prefix_do_not_rewrite_unrelated_usr_paths";
+    let Some((d, x)) = need(
+        pythons::system_and_other(p),
+        test,
+        "the distribution's /usr/bin/python3.X (with venv) and another installation of that minor",
+    ) else {
+        return;
+    };
+    let Some(()) = need(
+        common::is_root().then_some(()),
+        test,
+        "root (a mount namespace hides /usr's python)",
+    ) else {
+        return;
+    };
     let t = scratch();
     let store = t.path().join("store");
     let venv = t.path().join("deb");
-    ok(cmd(DEBIAN_PY311, &[&"-m", &"venv", &venv]));
+    ok(cmd(&d.exe, &[&"-m", &"venv", &venv]));
     pip_install(&venv, &["six"]);
-    assert_eq!(cfg_get(&venv, "home"), "/usr/bin");
+    assert_eq!(cfg_get(&venv, "home"), d.home().to_str().unwrap());
     let unrelated = "#!/usr/bin/env python3\nDATA = \"/usr/share/foo\"\nSRC = \"/usr/src/app\"\nprint(DATA)\n";
-    let sp = venv.join("lib/python3.11/site-packages");
+    let sp = site_packages(&venv, d);
     std::fs::write(sp.join("zz_unrelated.py"), unrelated).unwrap();
     std::fs::write(venv.join("bin/zz-tool"), unrelated).unwrap();
     std::fs::write(sp.join("zz_src.pth"), "/usr/src/app\n").unwrap();
     save(&store, &venv, "venv-deb");
     let dest = t.path().join("deb2");
-    let mut c = envsnap_without_debian_python(&store);
+    let mut c = envsnap_without(&store, d);
     c.args(["--json", "restore", "--key", "venv-deb"])
         .arg(&dest)
-        .args(["--python", PY311]);
+        .arg("--python")
+        .arg(&x.exe);
     let r = json(&ok(c));
     assert_eq!(r["interpreter"]["reason"], "explicit", "{r}");
-    assert_eq!(cfg_get(&dest, "home"), PY311_HOME);
-    let sp2 = dest.join("lib/python3.11/site-packages");
+    assert_eq!(cfg_get(&dest, "home"), x.home().to_str().unwrap());
+    let sp2 = site_packages(&dest, x);
     assert_eq!(std::fs::read_to_string(sp2.join("zz_unrelated.py")).unwrap(), unrelated);
     assert_eq!(std::fs::read_to_string(dest.join("bin/zz-tool")).unwrap(), unrelated);
     assert_eq!(
@@ -858,7 +897,7 @@ fn debian_usr_home_and_prefix_do_not_rewrite_unrelated_usr_paths() {
         dest.join("bin/python"),
         &[&"-c", &"import platform, six, ssl; print(platform.python_version())"],
     ));
-    assert_eq!(v.trim(), "3.11.7");
+    assert_eq!(v.trim(), x.version);
     ok(cmd(dest.join("bin/pip"), &[&"--version"]));
     assert_eq!(sys_prefix(&dest), dest.display().to_string());
 }
@@ -868,10 +907,13 @@ fn debian_usr_home_and_prefix_do_not_rewrite_unrelated_usr_paths() {
 /// restore now seeds the stat cache, so only what pip wrote is read.
 #[test]
 fn save_after_restore_and_pip_install_reads_only_what_pip_wrote() {
+    let Some(p) = primary("save_after_restore_and_pip_install_reads_only_what_pip_wrote") else {
+        return;
+    };
     let t = scratch();
     let store = t.path().join("store");
     let v = t.path().join("project/.venv");
-    ok(cmd(PY311, &[&"-m", &"venv", &v]));
+    ok(cmd(&p.exe, &[&"-m", &"venv", &v]));
     pip_install(&v, &["black", "six"]);
     let first = save(&store, &v, "v1");
     std::fs::remove_dir_all(&v).unwrap(); // the next runner starts without it
@@ -889,4 +931,41 @@ fn save_after_restore_and_pip_install_reads_only_what_pip_wrote() {
     std::fs::remove_dir_all(&v).unwrap();
     restore(&store, "v2", &v, &[]);
     ok(cmd(v.join("bin/python"), &[&"-c", &"import yaml, six, black"]));
+}
+
+/// Interpreter discovery (tests/common/pythons.rs) finds the `python3` on PATH, and the run
+/// shows what it found and which tests can run with it.
+#[test]
+fn interpreter_discovery_finds_the_python3_on_path() {
+    let all = pythons::all();
+    eprintln!("pythons: {}", pythons::describe());
+    if let Some(p) = pythons::primary() {
+        eprintln!(
+            "primary: {} {}; same minor: {:?}; other minor: {:?}; /usr pair: {:?}; older than 3.11: {:?}",
+            p.version,
+            p.exe.display(),
+            pythons::same_minor_other(p).map(|q| &q.exe),
+            pythons::other_minor(p).map(|q| &q.exe),
+            pythons::system_and_other(p).map(|(d, x)| (&d.exe, &x.exe)),
+            pythons::older_than_311().map(|q| &q.exe),
+        );
+    }
+    let on_path = Command::new("python3")
+        .args(["-c", "import os, sys; print(os.path.realpath(sys.executable))"])
+        .output();
+    let Ok(o) = on_path
+        .as_ref()
+        .map_err(|_| ())
+        .and_then(|o| o.status.success().then_some(o).ok_or(()))
+    else {
+        pythons::skip("interpreter_discovery_finds_the_python3_on_path: no python3 on PATH");
+        return;
+    };
+    let exe = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+    assert!(
+        all.iter().any(|p| p.exe == exe),
+        "{} not found: {}",
+        exe.display(),
+        pythons::describe()
+    );
 }

@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: run the real binary, describe a tree exactly.
 #![allow(dead_code)]
 
+pub mod pythons;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
