@@ -53,16 +53,45 @@ pub struct Baseline {
     pub recs: Vec<Rec>,
 }
 
-/// Top-level entries of ROOT that are scanned; `var` is handled by [`VAR_PARTS`].
+/// Top-level entries of ROOT that are scanned (all of `/var`, minus [`EXCLUDED`] and logs).
 fn top_included(name: &str) -> bool {
-    matches!(name, "usr" | "etc" | "opt" | "bin" | "sbin") || name.starts_with("lib")
+    matches!(name, "usr" | "etc" | "opt" | "bin" | "sbin" | "var") || name.starts_with("lib")
 }
 
-/// The parts of /var that packages write (the rest, e.g. logs and apt's caches, is noise).
-const VAR_PARTS: &[&str] = &["var/lib", "var/cache/debconf", "var/cache/fontconfig"];
+/// Paths never scanned (relative to ROOT): apt's downloaded lists and archives, and what is not
+/// package state (temporary files; man-db's index, which `mandb` rebuilds).
+const EXCLUDED: &[&str] = &["var/lib/apt/lists", "var/cache/apt", "var/cache/man", "var/tmp"];
 
-/// Paths never scanned (relative to ROOT): apt's downloaded lists and caches.
-const EXCLUDED: &[&str] = &["var/lib/apt/lists", "var/cache/apt", "var/log"];
+/// Under `/var/log` only directories (with their owner and mode: `/var/log/redis` is 2750
+/// redis:adm) and the files dpkg owns are recorded, never log contents.
+const LOG: &[u8] = b"var/log/";
+
+/// Root-relative paths under `/var/log` that ROOT's dpkg file lists name.
+fn dpkg_owned_logs(root: &Path) -> std::collections::HashSet<Vec<u8>> {
+    let mut out = std::collections::HashSet::new();
+    let info = root.join("var/lib/dpkg/info");
+    let Ok(rd) = std::fs::read_dir(&info) else { return out };
+    for e in rd.flatten() {
+        if !e.file_name().as_bytes().ends_with(b".list") {
+            continue;
+        }
+        let Ok(text) = std::fs::read(e.path()) else { continue };
+        for line in text.split(|&b| b == b'\n') {
+            if let Some(rel) = line.strip_prefix(b"/") {
+                if rel.starts_with(LOG) {
+                    out.insert(rel.to_vec());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// What a walk skips: excluded subtrees, and log contents dpkg does not own.
+struct Filter {
+    excl: Vec<Vec<u8>>,
+    owned_logs: std::collections::HashSet<Vec<u8>>,
+}
 
 /// Scan ROOT. `exclude` holds extra root-relative paths (the envsnap store).
 pub fn scan(root: &Path, exclude: &[String]) -> Result<Vec<Rec>> {
@@ -75,19 +104,14 @@ pub fn scan(root: &Path, exclude: &[String]) -> Result<Vec<Rec>> {
             starts.push(name);
         }
     }
-    for v in VAR_PARTS {
-        starts.push(v.to_string());
-    }
-    // Parents of the var parts are recorded too so a restore can create them with their modes.
-    let mut recs: Vec<Rec> = Vec::new();
-    for p in ["var", "var/cache"] {
-        if let Some(r) = stat_rec(root, p.as_bytes())? {
-            recs.push(r);
-        }
-    }
     let mut excl: Vec<Vec<u8>> = EXCLUDED.iter().map(|s| s.as_bytes().to_vec()).collect();
     excl.extend(exclude.iter().map(|s| s.as_bytes().to_vec()));
-    let parts: Vec<Result<Vec<Rec>>> = starts.par_iter().map(|s| walk(root, s.as_bytes(), &excl)).collect();
+    let filter = Filter {
+        excl,
+        owned_logs: dpkg_owned_logs(root),
+    };
+    let mut recs: Vec<Rec> = Vec::new();
+    let parts: Vec<Result<Vec<Rec>>> = starts.par_iter().map(|s| walk(root, s.as_bytes(), &filter)).collect();
     for p in parts {
         recs.extend(p?);
     }
@@ -131,8 +155,8 @@ fn rec_of(path: Vec<u8>, m: &std::fs::Metadata) -> Rec {
 
 /// Walk one subtree with lstat (symlinks, e.g. merged-/usr `/bin -> usr/bin`, are recorded and
 /// not followed); subdirectories are walked in parallel.
-fn walk(root: &Path, rel: &[u8], excl: &[Vec<u8>]) -> Result<Vec<Rec>> {
-    if excl.iter().any(|e| e.as_slice() == rel) {
+fn walk(root: &Path, rel: &[u8], filter: &Filter) -> Result<Vec<Rec>> {
+    if filter.excl.iter().any(|e| e.as_slice() == rel) {
         return Ok(Vec::new());
     }
     let Some(r) = stat_rec(root, rel)? else {
@@ -159,6 +183,8 @@ fn walk(root: &Path, rel: &[u8], excl: &[Vec<u8>]) -> Result<Vec<Rec>> {
         let ft = ent.file_type().at("stat", ent.path())?;
         if ft.is_dir() {
             subdirs.push(child);
+        } else if child.starts_with(LOG) && !filter.owned_logs.contains(&child) {
+            continue;
         } else {
             let m = match ent.metadata() {
                 Ok(m) => m,
@@ -168,7 +194,7 @@ fn walk(root: &Path, rel: &[u8], excl: &[Vec<u8>]) -> Result<Vec<Rec>> {
             out.push(rec_of(child, &m));
         }
     }
-    let subs: Vec<Result<Vec<Rec>>> = subdirs.par_iter().map(|c| walk(root, c, excl)).collect();
+    let subs: Vec<Result<Vec<Rec>>> = subdirs.par_iter().map(|c| walk(root, c, filter)).collect();
     for s in subs {
         out.extend(s?);
     }

@@ -1,8 +1,9 @@
 //! Baseline vs now: which paths apt added or changed, which it removed, and what it did to the
 //! shared state files (as record-level merge ops).
 
-use super::baseline::{self, Baseline, Rec, KIND_DIR, KIND_OTHER};
+use super::baseline::{self, Baseline, Rec, KIND_DIR, KIND_OTHER, KIND_SYMLINK};
 use super::dpkg::{self, Pkg};
+use super::identity::Identity;
 use super::merge::{self, Class, Ops};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -87,6 +88,8 @@ pub struct Delta {
     pub shared: Vec<SharedChange>,
     pub packages: Vec<PkgChange>,
     pub removed_packages: Vec<Pkg>,
+    /// Per-install identity the install created (left out of the payload).
+    pub identity: Vec<Identity>,
 }
 
 fn differs(a: &Rec, b: &Rec) -> bool {
@@ -106,6 +109,7 @@ pub fn compute(root: &Path, base: &Baseline) -> Result<Delta> {
 
     let mut picked: BTreeSet<&[u8]> = BTreeSet::new();
     let mut shared_paths: BTreeSet<String> = BTreeSet::new();
+    let mut identity: BTreeSet<Identity> = BTreeSet::new();
     for r in &now {
         if r.kind == KIND_OTHER {
             continue;
@@ -116,6 +120,14 @@ pub fn compute(root: &Path, base: &Baseline) -> Result<Delta> {
         }
         let rel = String::from_utf8_lossy(&r.path);
         if ignored(&rel) {
+            continue;
+        }
+        let link = (r.kind == KIND_SYMLINK)
+            .then(|| std::fs::read_link(root.join(&*rel)).ok())
+            .flatten()
+            .map(|t| t.into_os_string().into_encoded_bytes());
+        if let Some(id) = Identity::of(&rel, link.as_deref()) {
+            identity.insert(id);
             continue;
         }
         if merge::class_of(&rel).is_some() && r.kind != KIND_DIR {
@@ -245,6 +257,7 @@ pub fn compute(root: &Path, base: &Baseline) -> Result<Delta> {
         shared,
         packages,
         removed_packages,
+        identity: identity.into_iter().collect(),
     })
 }
 

@@ -183,12 +183,45 @@ pub fn apply(path: &str, class: Class, theirs: &str, ops: &Ops) -> String {
         };
         out.push((k, t));
     }
+    // New records go where the file's own writer would put them: in order for files it keeps
+    // sorted (when the target's file is in that order); first for dpkg's diversions (dpkg keeps
+    // them in a list it prepends to); else at the end (as apt, adduser and dpkg's trigger and
+    // statoverride files append).
+    let keyed: Option<Vec<(String, String)>> = out.iter().map(|(k, t)| sort_key(path, k, t)).collect();
+    let sorted = keyed.as_ref().is_some_and(|ks| ks.windows(2).all(|w| w[0] <= w[1]));
+    let mut front = 0;
     for (k, t) in &set {
         if seen.insert(k.clone()) {
-            out.push((k.clone(), t.to_string()));
+            let at = match (sorted, sort_key(path, k, t)) {
+                (true, Some(sk)) => out.partition_point(|(ok, ot)| sort_key(path, ok, ot).is_some_and(|o| o <= sk)),
+                _ if class == Class::Diversions => {
+                    front += 1;
+                    front - 1
+                }
+                _ => out.len(),
+            };
+            out.insert(at, (k.clone(), t.to_string()));
         }
     }
     join(class, &out)
+}
+
+/// The order in which a file's writer keeps its records, for files it keeps sorted: dpkg's
+/// status by package name, then architecture; debconf's databases by name (Perl's `sort`).
+fn sort_key(path: &str, key: &str, text: &str) -> Option<(String, String)> {
+    match path {
+        "var/lib/dpkg/status" => {
+            let st = parse_stanzas(text).into_iter().next()?;
+            Some((
+                st.field("Package")?.to_string(),
+                st.field("Architecture").unwrap_or("").to_string(),
+            ))
+        }
+        "var/cache/debconf/config.dat" | "var/cache/debconf/templates.dat" | "var/cache/debconf/passwords.dat" => {
+            Some((key.to_string(), String::new()))
+        }
+        _ => None,
+    }
 }
 
 fn is_group_file(path: &str) -> bool {
@@ -393,6 +426,32 @@ pub fn merge_alternatives(base: Option<&str>, ours: Option<&str>, theirs: Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_records_keep_a_sorted_status_sorted() {
+        let st = |n: &str| format!("Package: {n}\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1\n\n");
+        let base = format!("{}{}", st("libfoo"), st("zlib1g"));
+        let ours = format!("{}{}{}", st("libfoo"), st("zlib1g"), st("libfoo-bar"));
+        let ops = diff("var/lib/dpkg/status", Class::PkgStanzas, &base, &ours);
+        // Sorted by name, as dpkg writes it ("libfoo-bar" after "libfoo", not by "name:arch").
+        let want = format!("{}{}{}", st("libfoo"), st("libfoo-bar"), st("zlib1g"));
+        assert_eq!(apply("var/lib/dpkg/status", Class::PkgStanzas, &base, &ops), want);
+        // A target file out of order (edited by hand) gets new records at the end.
+        let theirs = format!("{}{}", st("zlib1g"), st("libfoo"));
+        let got = apply("var/lib/dpkg/status", Class::PkgStanzas, &theirs, &ops);
+        assert!(got.ends_with(&st("libfoo-bar")), "{got}");
+        // dpkg-divert prepends: the snapshot's new diversions come first, in its order.
+        let base = "/bin/sh\n/bin/sh.distrib\ndash\n";
+        let ours = format!("/a\n/a.x\np\n/b\n/b.x\np\n{base}");
+        let ops = diff("var/lib/dpkg/diversions", Class::Diversions, base, &ours);
+        assert_eq!(apply("var/lib/dpkg/diversions", Class::Diversions, base, &ops), ours);
+        // Files their writers append to stay appended.
+        let ops = diff("etc/shells", Class::Lines, "/bin/sh\n", "/bin/sh\n/bin/bash\n");
+        assert_eq!(
+            apply("etc/shells", Class::Lines, "/bin/zsh\n", &ops),
+            "/bin/zsh\n/bin/bash\n"
+        );
+    }
 
     #[test]
     fn stanza_ops_apply_keep_target() {

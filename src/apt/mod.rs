@@ -4,6 +4,7 @@
 pub mod baseline;
 pub mod delta;
 pub mod dpkg;
+pub mod identity;
 pub mod install;
 pub mod lock;
 pub mod merge;
@@ -44,6 +45,10 @@ pub struct AptMeta {
     pub removed_paths: Vec<String>,
     /// Shared state files, applied by merge (not part of the payload).
     pub shared: Vec<SharedChange>,
+    /// Per-install identity the install created, left out of the payload and regenerated (or
+    /// the target's own kept) at restore.
+    #[serde(default)]
+    pub identity: Vec<identity::Identity>,
 }
 
 impl AptMeta {
@@ -124,6 +129,7 @@ pub fn save(store: &core::Store, root: &Path, key: &str) -> Result<AptSaveReport
         removed_packages: d.removed_packages.clone(),
         removed_paths: d.removed.clone(),
         shared: d.shared.clone(),
+        identity: d.identity.clone(),
     };
     let paths: Vec<Vec<u8>> = d.payload.iter().map(|r| r.path.clone()).collect();
     let n = paths.len() as u64;

@@ -42,6 +42,8 @@ pub struct AptRestoreReport {
     pub seconds: f64,
     /// The link mode actually used for payload files (`reflink`, `copy`, or a `+`-joined mix).
     pub link: String,
+    /// Per-install identity: what was regenerated, kept or left out (one line each).
+    pub identity: Vec<String>,
 }
 
 /// Parse a snapshot's meta (error when it is not an apt snapshot of a known format).
@@ -366,6 +368,11 @@ pub fn restore(
     }
     rep.merged = meta.shared.iter().map(|s| s.path.clone()).collect();
     if dry_run {
+        rep.identity = meta
+            .identity
+            .iter()
+            .map(|i| format!("would keep the target's own or regenerate {}", i.describe()))
+            .collect();
         rep.link = opts.link.as_str().to_string();
         rep.seconds = t0.elapsed().as_secs_f64();
         return Ok(rep);
@@ -388,6 +395,8 @@ pub fn restore(
         merge_one(sc, &rootd)?;
     }
     ldconfig(&root)?;
+    // Last: the packages' own tools run in a root where the packages are installed.
+    rep.identity = meta.identity.iter().map(|i| i.regenerate(&root)).collect();
     rep.seconds = t0.elapsed().as_secs_f64();
     Ok(rep)
 }
@@ -834,8 +843,16 @@ fn set_link(etc: &Dir, name: &str, target: Option<&str>) -> Result<()> {
 }
 
 /// Rebuild ROOT's linker cache (`/etc/ld.so.cache` is never restored, it is regenerated).
+///
+/// `-i`: ldconfig's aux cache (`/var/cache/ldconfig/aux-cache`) remembers each library's soname
+/// by (inode, ctime in seconds, size, device). It is the only input of ldconfig that differs from
+/// one run to the next (inode numbers), and a restore invalidates it wholesale: it writes
+/// hundreds of files right after the target's own apt run (a drifted base) recorded entries,
+/// and an entry that matches a different file makes ldconfig take that file's soname, so the new
+/// cache lacks a library. Reading every library again costs a fraction of a second.
 pub fn ldconfig(root: &Path) -> Result<()> {
     let mut cmd = std::process::Command::new(find_ldconfig());
+    cmd.arg("-i");
     if root != Path::new("/") {
         cmd.arg("-r").arg(root);
     }

@@ -192,6 +192,14 @@ pub fn print_restore(ctx: &Ctx, key: &str, r: &AptRestoreReport) {
     for p in &r.packages {
         ctx.ui.detail(format!("  {p}"));
     }
+    // Per-install identity is never copied: say what happened to it instead.
+    for line in &r.identity {
+        if line.starts_with("left out") {
+            ctx.ui.warn(line);
+        } else {
+            ctx.ui.info(format!("  {line}"));
+        }
+    }
 }
 
 /// An apt restore's event detail: what was merged into dpkg's state.
