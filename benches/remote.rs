@@ -62,10 +62,15 @@ impl Drop for Moto {
     }
 }
 
+/// moto serves anonymous GETs of private objects with 403; it checks no signatures, so a
+/// request naming an access key is enough (the real S3 actions sign theirs).
+const FAKE_AUTH: &str =
+    "Authorization: AWS4-HMAC-SHA256 Credential=b/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00\r\n";
+
 fn http(port: u16, method: &str, path: &str, extra: &str, body: &[u8]) -> (u16, Vec<u8>) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\n{extra}{FAKE_AUTH}Connection: close\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).unwrap();
