@@ -161,9 +161,13 @@ pub fn swap(staged: &Path, dest: &Path) -> Result<()> {
     let err = if forced {
         io::Error::from_raw_os_error(libc::EINVAL)
     } else {
+        // The raw system call, not glibc's `renameat2()` wrapper: that wrapper only exists
+        // since glibc 2.28, and the wheel's binary must load on glibc 2.17 (manylinux2014).
+        // Kernels without the call say ENOSYS, handled as unsupported.
         // SAFETY: both are valid NUL-terminated paths; AT_FDCWD with absolute paths.
         let rc = unsafe {
-            libc::renameat2(
+            libc::syscall(
+                libc::SYS_renameat2,
                 libc::AT_FDCWD,
                 a.as_ptr(),
                 libc::AT_FDCWD,
