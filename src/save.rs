@@ -78,6 +78,9 @@ pub struct SaveReport {
     pub hashed_files: u64,
     pub new_objects: u64,
     pub new_bytes: u64,
+    /// The key already pointed at exactly this tree: nothing was written (what CI steps use to
+    /// say "unchanged" instead of "saved").
+    pub unchanged: bool,
     /// Devices, FIFOs and sockets that were skipped.
     pub skipped_special: Vec<PathBuf>,
     /// Paths deleted while the save walked the tree (or before it read them): not saved.
@@ -350,6 +353,7 @@ pub fn save_with_manifest(store: &Store, req: SaveRequest) -> Result<(SaveReport
     } else {
         None
     };
+    let was_unchanged = unchanged.is_some();
     let snapshot_id = match unchanged {
         Some(id) => {
             store.index().touch_created(id, row.created_ns)?;
@@ -374,6 +378,7 @@ pub fn save_with_manifest(store: &Store, req: SaveRequest) -> Result<(SaveReport
         hashed_files: to_hash.len() as u64,
         new_objects,
         new_bytes,
+        unchanged: was_unchanged,
         skipped_special: skipped,
         vanished: gone,
         changed_while_read,

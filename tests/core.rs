@@ -268,6 +268,19 @@ fn an_unchanged_resave_of_the_same_key_rewrites_nothing() {
         "the same snapshot, not a rewrite"
     );
     assert_eq!(again["hashed_files"], 0);
+    // `unchanged` is what CI steps report ("nothing written"): true only for this case.
+    assert_eq!(
+        (first["unchanged"].as_bool(), again["unchanged"].as_bool()),
+        (Some(false), Some(true))
+    );
+    // A deleted file reads nothing and adds no object, yet the tree changed.
+    fs::remove_file(src.join("zero-length")).unwrap();
+    let deleted = save_dir(&store, s, "k");
+    assert_eq!(
+        (deleted["hashed_files"].as_u64(), deleted["new_objects"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(deleted["unchanged"], false, "a deletion is a change");
     // …and it counts as the newest for fallback lookups, like any save.
     let other = d.path().join("other");
     fs::create_dir_all(&other).unwrap();
