@@ -2,10 +2,15 @@
 # The README's demo: build envsnap, then save and restore a directory and a Python virtualenv
 # on the default store ($ENVSNAP_STORE, else $XDG_CACHE_HOME/envsnap, else ~/.cache/envsnap).
 # Its snapshots are all named demo-<pid>-…; on exit it deletes them and frees their files.
+# ENVSNAP_BIN=PATH runs an installed envsnap instead (tests/dist.rs: the one from the wheel).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
-envsnap=$PWD/target/release/envsnap
+if [ -n "${ENVSNAP_BIN:-}" ]; then
+  envsnap=$ENVSNAP_BIN
+else
+  cargo build --release --quiet
+  envsnap=$PWD/target/release/envsnap
+fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/envsnap-demo.XXXXXX")
 demo="demo-$$"
 cleanup() {
