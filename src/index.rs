@@ -1367,24 +1367,7 @@ mod tests {
         let m = Manifest {
             entries: vec![file("a", 1), file("b", 2)],
         };
-        let mut row = SnapshotRow {
-            id: 0,
-            key: "k".into(),
-            kind: "dir".into(),
-            created_ns: 1,
-            source: "/s".into(),
-            tool_version: "t".into(),
-            meta: serde_json::json!({}),
-            files: 2,
-            dirs: 0,
-            symlinks: 0,
-            bytes: 2,
-            root_mode: 0o755,
-            root_uid: 0,
-            root_gid: 0,
-            root_mtime_ns: 7,
-            last_restored_ns: None,
-        };
+        let mut row = row("k");
         let sc = StatCache::default();
         let id = idx
             .commit_snapshot(NewSnapshot {
