@@ -247,7 +247,7 @@ fn hardlink(
     // Link the inode just checked, through the open descriptor: a file swapped in under the
     // name since is never linked. Without /proc, link by name and check the inode.
     use std::os::fd::AsRawFd;
-    let linked = match link_fd(obj.as_raw_fd(), dest) {
+    let linked = match crate::store::link_fd(obj.as_raw_fd(), dest) {
         Err(e) if e.kind() == io::ErrorKind::NotFound && !std::path::Path::new("/proc/self/fd").exists() => {
             std::fs::hard_link(&src, dest)
         }
@@ -276,30 +276,6 @@ fn hardlink(
             Ok(None)
         }
         Err(e) => Err(Error::io("hardlink", dest, e)),
-    }
-}
-
-/// `linkat("/proc/self/fd/N", dest, AT_SYMLINK_FOLLOW)`: a new name for an open file's inode,
-/// without the privilege `AT_EMPTY_PATH` needs.
-fn link_fd(fd: std::os::fd::RawFd, dest: &Path) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let proc_path = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL");
-    let dest_c = std::ffi::CString::new(dest.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
-    // SAFETY: both are valid NUL-terminated paths; linkat does not retain them.
-    let rc = unsafe {
-        libc::linkat(
-            libc::AT_FDCWD,
-            proc_path.as_ptr(),
-            libc::AT_FDCWD,
-            dest_c.as_ptr(),
-            libc::AT_SYMLINK_FOLLOW,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 

@@ -224,23 +224,9 @@ impl LocalObjects {
         filetime::set_file_handle_times(&f, None, Some(mtime)).at("set mtime of", &dest)?;
         let stat = ObjectStat::of(&f.metadata().at("stat", &dest)?);
         use std::os::fd::AsRawFd;
-        let proc_path = std::ffi::CString::new(format!("/proc/self/fd/{}", f.as_raw_fd())).expect("no NUL");
-        let dest_c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dest.as_os_str()))
-            .map_err(|_| Error::Usage(format!("NUL in store path {}", dest.display())))?;
-        // SAFETY: both are valid NUL-terminated paths; linkat does not retain them.
-        let rc = unsafe {
-            libc::linkat(
-                libc::AT_FDCWD,
-                proc_path.as_ptr(),
-                libc::AT_FDCWD,
-                dest_c.as_ptr(),
-                libc::AT_SYMLINK_FOLLOW,
-            )
-        };
-        if rc == 0 {
+        let Err(err) = link_fd(f.as_raw_fd(), &dest) else {
             return Ok(Some(stat));
-        }
-        let err = io::Error::last_os_error();
+        };
         match err.kind() {
             // A concurrent save linked the same content first.
             io::ErrorKind::AlreadyExists => Ok(None),
@@ -457,6 +443,30 @@ impl ObjectStore for LocalObjects {
 
     fn remove(&self, id: &ObjectId) -> Result<()> {
         self.delete(id)
+    }
+}
+
+/// `linkat("/proc/self/fd/N", dest, AT_SYMLINK_FOLLOW)`: a new name for an open file's inode,
+/// without the privilege `AT_EMPTY_PATH` needs.
+pub(crate) fn link_fd(fd: std::os::fd::RawFd, dest: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let proc_path = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL");
+    let dest_c = std::ffi::CString::new(dest.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+    // SAFETY: both are valid NUL-terminated paths; linkat does not retain them.
+    let rc = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            proc_path.as_ptr(),
+            libc::AT_FDCWD,
+            dest_c.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod local;
 
+pub(crate) use local::link_fd;
 pub use local::{private_dir, tighten_dir, with_buffer, Ingested, LocalObjects, ScanFn, OBJECTS_DIR};
 
 use crate::error::{Error, Result};
