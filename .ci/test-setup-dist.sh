@@ -20,7 +20,10 @@ pins="maturin==1.16.0 ziglang==0.17.0 auditwheel==6.8.2 pipx==1.18.4 check-jsons
 # the pipx test installs offline.
 pipx_pip="pip==26.3"
 venv="$fx/dist-tools"
-if [ ! -e "$venv/.done" ] || [ "$(cat "$venv/.done")" != "$pins $pipx_pip" ]; then
+# A fixture venv that was moved keeps shebangs naming its old place (the very failure envsnap
+# fixes for users): rebuild it, rather than fail later with "No such file or directory".
+runs() { local i; i=$(head -1 "$1" 2>/dev/null | sed 's/^#!//; s/ .*//'); [ -x "$i" ]; }
+if [ ! -e "$venv/.done" ] || [ "$(cat "$venv/.done")" != "$pins $pipx_pip" ] || ! runs "$venv/bin/pipx"; then
   rm -rf "$venv" "$fx/dist-wheelhouse"
   py="$(command -v python3)"
   [ -x "$fx/tools/bin/python3" ] && py="$fx/tools/bin/python3"

@@ -11,7 +11,10 @@ mkdir -p "$fx"
 exec 9>"$fx/.moto-lock"
 flock 9
 
-if [ ! -e "$fx/moto/.done" ]; then
+# A fixture venv that was moved keeps shebangs naming its old place (the very failure envsnap
+# fixes for users): rebuild it, rather than fail later with "No such file or directory".
+runs() { local i; i=$(head -1 "$1" 2>/dev/null | sed 's/^#!//; s/ .*//'); [ -x "$i" ]; }
+if [ ! -e "$fx/moto/.done" ] || ! runs "$fx/moto/bin/moto_server"; then
   rm -rf "$fx/moto"
   py="$(command -v python3)"
   "$py" -m venv "$fx/moto" >&2

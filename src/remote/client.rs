@@ -94,7 +94,15 @@ impl Client {
             }
             Scheme::File { path } => {
                 let root = path.join(super::layout::VERSION_DIR);
-                let b = opendal::services::Fs::default().root(&root.to_string_lossy());
+                // Without an atomic write dir opendal's fs writes straight into the final
+                // name, so a push killed mid-write leaves a torn pack or index under its
+                // content name (S3 PUTs are atomic; this makes file:// remotes match). The
+                // temp dir sits beside the layout, on the same filesystem, outside every
+                // prefix envsnap lists.
+                let tmp = path.join(super::layout::TMP_DIR);
+                let b = opendal::services::Fs::default()
+                    .root(&root.to_string_lossy())
+                    .atomic_write_dir(&tmp.to_string_lossy());
                 Operator::new(b).map_err(bad)?
             }
         };
@@ -342,5 +350,23 @@ mod tests {
         assert_eq!(http_status(t), Some(403));
         assert_eq!(s3_code(t).as_deref(), Some("InvalidAccessKeyId"));
         assert_eq!(http_status("no response"), None);
+    }
+
+    /// A push killed mid-write once left a torn pack index under its content name on a
+    /// file:// remote (opendal's fs service writes in place unless given a temp dir).
+    #[test]
+    fn a_file_remote_object_is_invisible_until_its_write_completes() {
+        let d = tempfile::tempdir().unwrap();
+        let url = RemoteUrl::parse(&format!("file://{}", d.path().display())).unwrap();
+        let c = Client::new(url).unwrap();
+        let final_path = d.path().join(super::super::layout::VERSION_DIR).join("index/abc");
+        c.block_on(async {
+            let mut w = c.op.writer("index/abc").await.unwrap();
+            w.write(vec![7u8; 100_000]).await.unwrap();
+            assert!(!final_path.exists(), "half-written object visible");
+            w.close().await.unwrap();
+        })
+        .unwrap();
+        assert_eq!(std::fs::read(&final_path).unwrap(), vec![7u8; 100_000]);
     }
 }

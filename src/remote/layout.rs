@@ -16,6 +16,10 @@ use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_AL
 
 pub const VERSION_DIR: &str = "envsnap-v1";
 
+/// `file://` remotes only: where writes are staged before their rename into the layout
+/// (beside `VERSION_DIR`, never inside it, so no listing sees a half-written object).
+pub const TMP_DIR: &str = ".envsnap-tmp";
+
 /// Everything but `-`, `_` and `.` is escaped, character by character, so the encoding of a
 /// key prefix is a prefix of the encoding of every key that starts with it, and `/` (the
 /// separator) never appears inside an encoded key.
