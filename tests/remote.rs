@@ -1121,7 +1121,8 @@ fn two_stores_sharing_a_remote_see_one_anothers_events_and_gc_compacts_them() {
             "exact"
         );
         check(&b, 5);
-        let g = r.json(&b, &["gc"]);
+        // `--remote URL` before the command and gc's bare `--remote` after it: the URL stays.
+        let g = r.json(&b, &["gc", "--remote"]);
         assert_eq!(g["events"]["compacted"], 1, "{g}");
         check(&a, 5);
         // Nothing left to fold: no new bundle.

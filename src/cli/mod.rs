@@ -145,6 +145,25 @@ impl Ctx {
     }
 }
 
+/// `envsnap --remote URL gc --remote`: clap keeps only the last occurrence of a global option,
+/// so the bare `--remote` (gc's "act on the remote") would drop the URL given before it. The
+/// last URL on the command line wins, read as clap read it (`--remote=URL`, or `--remote URL`
+/// where URL is not an option).
+fn url_before_bare_remote(args: impl Iterator<Item = String>) -> Option<String> {
+    let args: Vec<String> = args.take_while(|a| a != "--").collect();
+    let mut url = None;
+    for (i, a) in args.iter().enumerate() {
+        if let Some(v) = a.strip_prefix("--remote=") {
+            url = Some(v.to_string());
+        } else if a == "--remote" {
+            if let Some(v) = args.get(i + 1).filter(|v| !v.starts_with('-')) {
+                url = Some(v.clone());
+            }
+        }
+    }
+    url.filter(|u| !u.is_empty())
+}
+
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -168,6 +187,7 @@ pub fn main() -> ExitCode {
         } else {
             cli.remote
                 .filter(|r| !r.is_empty())
+                .or_else(|| url_before_bare_remote(std::env::args().skip(1)))
                 .or_else(|| std::env::var("ENVSNAP_REMOTE").ok())
                 .filter(|r| !r.is_empty())
         },
@@ -262,4 +282,21 @@ pub fn miss(
     }
     ctx.ui.emit_json(&v);
     Outcome::Miss
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_before_bare_remote as url;
+
+    fn args(s: &str) -> impl Iterator<Item = String> + '_ {
+        s.split(' ').map(String::from)
+    }
+
+    #[test]
+    fn a_bare_remote_after_a_url_keeps_the_url() {
+        assert_eq!(url(args("--remote s3://b/p gc --remote")).as_deref(), Some("s3://b/p"));
+        assert_eq!(url(args("--remote=file:///x gc --remote --dry-run")).as_deref(), Some("file:///x"));
+        assert_eq!(url(args("gc --remote --dry-run")), None);
+        assert_eq!(url(args("gc --remote -- --remote x")), None);
+    }
 }
