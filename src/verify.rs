@@ -32,7 +32,7 @@ pub struct VerifyReport {
     /// Keys of the broken snapshots `--repair` removed: their restores become misses (a CI job
     /// rebuilds and saves them again) instead of failing on the object they lack.
     pub removed_snapshots: Vec<String>,
-    /// Corrupt objects a hardlink restore moved to `quarantine/` (`--repair` deletes them).
+    /// Corrupt objects a restore moved to `quarantine/` (the hardlink guard, or a remote refetch) (`--repair` deletes them).
     pub quarantined: Vec<String>,
 }
 

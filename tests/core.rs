@@ -355,23 +355,6 @@ fn hostile_entries_planted_in_the_index_are_refused_and_nothing_escapes() {
     assert!(!Path::new("/tmp/absolute-escape").exists());
 }
 
-fn flip_a_byte(store: &Path) -> String {
-    // The largest object: data.bin.
-    let mut objs: Vec<_> = walkdir::WalkDir::new(store.join("objects-v1"))
-        .into_iter()
-        .map(|e| e.unwrap())
-        .filter(|e| e.file_type().is_file())
-        .collect();
-    objs.sort_by_key(|e| e.metadata().unwrap().len());
-    let p = objs.last().unwrap().path().to_path_buf();
-    fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
-    let mut b = fs::read(&p).unwrap();
-    b[1000] ^= 0x01;
-    fs::write(&p, b).unwrap();
-    fs::set_permissions(&p, fs::Permissions::from_mode(0o444)).unwrap();
-    p.parent().unwrap().file_name().unwrap().to_string_lossy().into_owned() + &p.file_name().unwrap().to_string_lossy()
-}
-
 #[test]
 fn a_flipped_byte_is_caught_by_verify_and_by_restore() {
     let d = tmp();

@@ -1049,6 +1049,66 @@ fn a_save_killed_midway_leaves_the_remote_consistent_and_the_next_save_completes
     }
 }
 
+/// Issue 10 with a remote: the local store is the remote's cache, so a damaged object in it
+/// (same size, found by its hash on copy, or by the hardlink guard) is moved to quarantine and
+/// fetched again, and the restore still succeeds with exact bytes instead of failing.
+#[test]
+fn a_damaged_local_object_is_fetched_again_from_the_remote() {
+    let r = Remote::file();
+    for link in ["copy", "hardlink"] {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        tree(&src);
+        let store = d.path().join("store");
+        r.json(&store, &["save", "dir", s(&src), "--key", "dmg"]);
+        let bad = flip_a_byte(&store);
+        let out = d.path().join("out");
+        let o = r.run(&store, &["--json", "restore", s(&out), "--key", "dmg", "--link", link]);
+        let j = ok_json(&o);
+        assert_eq!(j["hit"], "exact", "{link}: {j}");
+        assert!(stderr(&o).contains("fetching it from"), "{link}: {}", stderr(&o));
+        // Hardlinked files share the store's read-only inodes: compare what a program reads
+        // and runs.
+        let seen = |p: &Path| -> Vec<_> {
+            describe(p)
+                .into_iter()
+                .map(|(k, a)| (k, a.kind, a.mode & 0o111, a.content, a.target))
+                .collect()
+        };
+        let (a, b) = (seen(&out), seen(&src));
+        for (x, y) in a.iter().zip(&b) {
+            assert!(x == y, "{link}: {} {:o} vs {} {:o}", x.0, x.2, y.0, y.2);
+        }
+        assert_eq!(a.len(), b.len());
+        let quarantined: Vec<String> = fs::read_dir(store.join("quarantine"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            quarantined.iter().any(|q| q.starts_with(&bad)),
+            "{link}: {quarantined:?} {bad}"
+        );
+        // The damage stays on record until repaired; then the local store is whole again.
+        let v = envsnap(&store, &["--json", "--no-remote", "verify"]);
+        assert_eq!(code(&v), 2, "{link}: {}", stderr(&v));
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&v.stdout).unwrap()["quarantined"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1,
+            "{link}"
+        );
+        assert_eq!(code(&envsnap(&store, &["--no-remote", "verify", "--repair"])), 0);
+        let v = envsnap(&store, &["--no-remote", "verify"]);
+        assert_eq!(code(&v), 0, "{link}: {}", stderr(&v));
+        r.json(
+            &d.path().join("fresh"),
+            &["restore", s(&d.path().join("again")), "--key", "dmg"],
+        );
+    }
+}
+
 /// `delete` with a remote drops the key there (every ref, so no older one resurfaces): a
 /// fresh runner then misses it; other keys are untouched; a key the remote lacks exits 1.
 #[test]

@@ -191,7 +191,7 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<Outcome> {
     }
     for q in &r.quarantined {
         ctx.ui.warn(format!(
-            "quarantined object {q}: a hardlink restore found it modified{}",
+            "quarantined object {q}: a restore found it damaged{}",
             if a.repair { " (removed)" } else { "" }
         ));
     }

@@ -295,7 +295,10 @@ mod tests {
     #[test]
     fn a_bare_remote_after_a_url_keeps_the_url() {
         assert_eq!(url(args("--remote s3://b/p gc --remote")).as_deref(), Some("s3://b/p"));
-        assert_eq!(url(args("--remote=file:///x gc --remote --dry-run")).as_deref(), Some("file:///x"));
+        assert_eq!(
+            url(args("--remote=file:///x gc --remote --dry-run")).as_deref(),
+            Some("file:///x")
+        );
         assert_eq!(url(args("gc --remote --dry-run")), None);
         assert_eq!(url(args("gc --remote -- --remote x")), None);
     }

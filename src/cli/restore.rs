@@ -6,7 +6,7 @@ use clap::Args;
 use envsnap::events::{Event, HitKind, Op};
 use envsnap::index::SnapshotRow;
 use envsnap::restore::{self, LinkMode, RestoreOptions};
-use envsnap::{Hit, Result, Store};
+use envsnap::{Error, Hit, Result, Store};
 use serde_json::json;
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -80,6 +80,8 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
         detail: None,
     };
     let remote = ctx.open_remote(&store)?;
+    // The remote snapshot pulled, so a damaged local copy can be fetched again (below).
+    let mut pulled = None;
     let found = match &remote {
         // Keys live on the remote: look up there, then bring the snapshot into the local store
         // (only the objects it lacks), and restore from there like a local hit.
@@ -104,6 +106,7 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
                 if !a.dry_run {
                     r.record_use(&rref)?;
                 }
+                pulled = Some(rref);
                 Some((snap, hit))
             }
         },
@@ -153,11 +156,22 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
         remote: remote.as_ref(),
     };
     // Adapters restore their own kinds; everything else is a plain tree.
-    let result = match snap.kind.as_str() {
-        "apt" => restore_apt(&found),
-        envsnap::venv::KIND => restore_venv(&found),
-        _ => restore_dir(&found),
+    let dispatch = |found: &Found| match snap.kind.as_str() {
+        "apt" => restore_apt(found),
+        envsnap::venv::KIND => restore_venv(found),
+        _ => restore_dir(found),
     };
+    let mut result = dispatch(&found);
+    // The local store is the remote's cache: an object in it found damaged (and moved aside) or
+    // gone since the pull is fetched from the remote again, and the restore runs once more (a
+    // failed restore left nothing behind, so this is a plain rerun).
+    if let (Some(r), Some(rref), Err(e)) = (&remote, &pulled, &result) {
+        if let Some(id) = damaged_object(e) {
+            if !a.dry_run && refetch(ctx, &store, r, rref, &id, e)? {
+                result = dispatch(&found);
+            }
+        }
+    }
     // $GITHUB_OUTPUT says "hit" only once the tree is in place; a failed or refused restore
     // (an adapter's miss, an error) reports a miss so the job reinstalls. A dry run restores
     // nothing and says nothing there.
@@ -563,4 +577,30 @@ fn venv_detail(r: &envsnap::venv::VenvRestoreOutcome) -> serde_json::Value {
         "fixup_seconds": fix.map(|f| f.fixup_seconds),
         "smoke_seconds": fix.map(|f| f.smoke_seconds),
     })
+}
+
+/// The object a restore failed on because the local store's copy is bad or gone.
+fn damaged_object(e: &Error) -> Option<envsnap::store::ObjectId> {
+    match e {
+        Error::Corrupt { id, .. } | Error::MissingObject { id } => id.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Move a damaged local object aside (a hardlink restore already has) and pull the snapshot
+/// again, which fetches what the local store now lacks. `Ok(false)`: nothing to retry.
+fn refetch(
+    ctx: &Ctx,
+    store: &envsnap::Store,
+    remote: &envsnap::remote::Remote,
+    rref: &envsnap::remote::RefName,
+    id: &envsnap::store::ObjectId,
+    why: &Error,
+) -> Result<bool> {
+    if store.objects.exists(id) {
+        envsnap::restore::link::quarantine(store, id)?;
+    }
+    ctx.ui.warn(format!("{why}: fetching it from {} again", remote.url()));
+    let (_, rep) = remote.pull(store, rref)?;
+    Ok(rep.objects > 0)
 }

@@ -282,7 +282,9 @@ fn hardlink(
 /// Move a corrupt object aside (so no later restore uses it and the next save of its content
 /// writes it anew) and forget it: its recorded stat and every stat-cache row naming it (a save
 /// trusts the cache to name sound objects). Returns where it went.
-fn quarantine(store: &Store, id: &ObjectId) -> Result<std::path::PathBuf> {
+/// Move a corrupt object aside into `<store>/quarantine` and forget what the index knew of it,
+/// so no later restore uses it and the next save (or pull) of its content writes it anew.
+pub fn quarantine(store: &Store, id: &ObjectId) -> Result<std::path::PathBuf> {
     let path = store.objects.quarantine(id)?;
     let mut idx = store.index();
     idx.retain_statcache(|o| o != id)?;

@@ -410,7 +410,7 @@ impl LocalObjects {
         Ok(dest)
     }
 
-    /// `<store>/quarantine`: corrupt objects a hardlink restore moved aside.
+    /// `<store>/quarantine`: corrupt objects a restore moved aside (kept as evidence until `verify --repair`).
     pub fn quarantine_dir(&self) -> PathBuf {
         self.root.parent().unwrap_or(&self.root).join("quarantine")
     }

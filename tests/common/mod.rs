@@ -209,3 +209,22 @@ pub fn dead_pid() -> u32 {
     c.wait().unwrap();
     pid
 }
+
+/// Flip one byte in the store's largest object (same size: only a hash finds it); its
+/// "<2 hex>/<rest>" name.
+pub fn flip_a_byte(store: &Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let mut objs: Vec<_> = walkdir::WalkDir::new(store.join("objects-v1"))
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .collect();
+    objs.sort_by_key(|e| e.metadata().unwrap().len());
+    let p = objs.last().unwrap().path().to_path_buf();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut b = std::fs::read(&p).unwrap();
+    b[1000] ^= 0x01;
+    std::fs::write(&p, b).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o444)).unwrap();
+    p.parent().unwrap().file_name().unwrap().to_string_lossy().into_owned() + &p.file_name().unwrap().to_string_lossy()
+}
