@@ -329,6 +329,11 @@ fn hardlinked_restore_with_fixups_leaves_store_objects_untouched() {
     let orig = t.path().join("orig");
     ok(cmd(&p.exe, &[&"-m", &"venv", &orig]));
     pip_install(&orig, &["six"]);
+    // A private file (a token a job wrote into its venv): linking the 0444 object would
+    // hand it to everyone, so the venv restore copies it and counts it, as dir restores do.
+    let secret = orig.join("pip.conf");
+    std::fs::write(&secret, "[global]\nindex-url = https://user:token@example.invalid/\n").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     save(&store, &orig, "venv-hl");
     // A dry run decides the interpreter and the rewrites, and writes nothing.
     let dry = t.path().join("dry/v");
@@ -338,6 +343,9 @@ fn hardlinked_restore_with_fixups_leaves_store_objects_untouched() {
     let dest = t.path().join("elsewhere/v");
     let r = restore(&store, "venv-hl", &dest, &["--link", "hardlink"]);
     assert!(r["link"].as_str().unwrap().contains("hardlink"), "{r}");
+    assert_eq!(r["hardlink_copied"], 1, "{r}");
+    let m = std::fs::metadata(dest.join("pip.conf")).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.nlink()), (0o600, 1));
     // Rewritten files are private copies; untouched ones share the store's inodes.
     assert_eq!(std::fs::metadata(dest.join("bin/pip")).unwrap().nlink(), 1);
     let six = site_packages(&dest, p).join("six.py");

@@ -373,14 +373,7 @@ fn restore_dir(f: &Found) -> Result<Outcome> {
         bytes(bytes_n),
         secs,
         link,
-        if hardlink_copied > 0 {
-            format!(
-                "; {} copied: a link would have widened their mode",
-                plural(hardlink_copied, "file")
-            )
-        } else {
-            String::new()
-        }
+        copied_note(hardlink_copied)
     ));
     out["link"] = json!(link);
     out["hardlink_copied"] = json!(hardlink_copied);
@@ -461,7 +454,7 @@ fn restore_venv(f: &Found) -> Result<Outcome> {
             let detail: Vec<String> = by_action.iter().map(|(k, n)| format!("{n} {k}")).collect();
             // One short line; which interpreter and how each file was fixed only with -v.
             ctx.ui.info(format!(
-                "restored venv {} ({} hit) to {}: {}, {} in {:.2}s (link: {}); {} rewritten",
+                "restored venv {} ({} hit) to {}: {}, {} in {:.2}s (link: {}{}); {} rewritten",
                 envsnap::key::escaped(&snap.key),
                 hit.as_str(),
                 dest.display(),
@@ -469,6 +462,7 @@ fn restore_venv(f: &Found) -> Result<Outcome> {
                 bytes(r.bytes),
                 secs,
                 r.link,
+                copied_note(r.hardlink_copied),
                 plural(f.rewritten.len() as u64, "file"),
             ));
             ctx.ui.detail(format!(
@@ -491,6 +485,7 @@ fn restore_venv(f: &Found) -> Result<Outcome> {
         ("bytes", json!(r.bytes)),
         ("replaces", json!(r.replaces)),
         ("link", json!(r.link)),
+        ("hardlink_copied", json!(r.hardlink_copied)),
         ("seconds", json!(secs)),
         ("interpreter", json!(r.interpreter)),
         ("rewritten", fix.map(|f| json!(f.rewritten)).unwrap_or(json!([]))),
@@ -577,6 +572,18 @@ fn venv_detail(r: &envsnap::venv::VenvRestoreOutcome) -> serde_json::Value {
         "fixup_seconds": fix.map(|f| f.fixup_seconds),
         "smoke_seconds": fix.map(|f| f.smoke_seconds),
     })
+}
+
+/// What a hardlink restore copied rather than linked, for the summary line.
+fn copied_note(hardlink_copied: u64) -> String {
+    if hardlink_copied > 0 {
+        format!(
+            "; {} copied: a link would have widened their mode",
+            plural(hardlink_copied, "file")
+        )
+    } else {
+        String::new()
+    }
 }
 
 /// The object a restore failed on because the local store's copy is bad or gone.

@@ -347,6 +347,8 @@ pub struct VenvRestoreOutcome {
     pub symlinks: u64,
     pub bytes: u64,
     pub link: String,
+    /// Files a hardlink restore copied because sharing the store's inode would widen their mode.
+    pub hardlink_copied: u64,
     pub replaces: bool,
     /// Files materialized as private copies because they need a rewrite.
     pub private_copies: u64,
@@ -388,6 +390,7 @@ pub fn restore(
         symlinks: plan.symlinks,
         bytes: plan.bytes,
         link: plan.link.as_str().to_string(),
+        hardlink_copied: 0,
         replaces: plan.replaces,
         private_copies: private.len() as u64,
         dry_run,
@@ -397,12 +400,16 @@ pub fn restore(
     if dry_run {
         return Ok(out);
     }
+    // A restore by another user than the saver (not root) cannot give files their owners.
+    let owners = plan.owners_not_set();
     let staged = plan.apply(store, progress)?;
     out.link = staged.link_used().to_string();
+    out.hardlink_copied = staged.hardlink_copied();
     let mut rels: Vec<Vec<u8>> = private.into_iter().collect();
     rels.sort();
     // On error `staged` is dropped here, which removes the staging dir: nothing at dest.
     let mut report = fixup_staged(&decided, staged.path(), &rels)?;
+    report.warnings.extend(owners);
     let done = staged.commit()?;
     match done.seed_statcache(store) {
         Ok(_) => {}
