@@ -78,14 +78,14 @@ impl Client {
                 let mut b = opendal::services::S3::default()
                     .bucket(bucket)
                     .root(&format!("/{}", super::layout::root_under(prefix)));
-                // Region: the AWS variables; self-hosted servers rarely care, so default to the
-                // AWS CLI's us-east-1 rather than refusing.
+                // Region and endpoint as the AWS CLI resolves them, profile included: opendal
+                // alone reads only the environment for these (credentials it resolves itself,
+                // environment before profile, as the AWS CLI does).
                 let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-                if env("AWS_REGION").is_none() && env("AWS_DEFAULT_REGION").is_none() {
-                    b = b.region("us-east-1");
-                }
-                if let Some(e) = env("AWS_ENDPOINT_URL_S3") {
-                    b = b.endpoint(&e);
+                let aws = super::aws_config::resolve(&env).map_err(|e| Error::Remote(format!("remote {url}: {e}")))?;
+                b = b.region(&aws.region);
+                if let Some(e) = &aws.endpoint {
+                    b = b.endpoint(e);
                 }
                 if env("ENVSNAP_S3_VIRTUAL_HOST").is_some_and(|v| v == "1" || v == "true") {
                     b = b.enable_virtual_host_style();

@@ -2,6 +2,7 @@
 //! the local store is an object cache and the staging area of saves.
 //!
 //! - [`url`]: `s3://bucket/prefix` and `file:///path`;
+//! - [`aws_config`]: region and endpoint from the AWS CLI's shared config files;
 //! - [`client`]: opendal behind retry-with-jitter, timeouts and a concurrency limit, on one
 //!   lazily started tokio runtime used only for remote I/O;
 //! - [`layout`]: the versioned object names (`envsnap-v1/{packs,index,manifests,refs,uses,gc}`);
@@ -15,6 +16,7 @@
 //! manifest, then the ref. Refs are append-only names that sort newest first, so no
 //! compare-and-swap is needed (servers that ignore conditional writes are fine).
 
+pub mod aws_config;
 pub mod check;
 pub mod client;
 pub mod doc;
