@@ -199,7 +199,24 @@ impl Client {
     /// Bytes `start..end` of an object; a short answer (a truncated object) is an error.
     pub async fn read_range(&self, path: &str, start: u64, end: u64) -> Result<Vec<u8>> {
         self.count();
-        let b = self.op.read_with(path).range(start..end).await.map_err(|e| {
+        let r = self.op.read_with(path).range(start..end).await;
+        self.range_result(path, start, end, r)
+    }
+
+    /// [`Self::read_range`], but `None` when the object does not exist: a pack gc deleted
+    /// after this process read the index naming it (the caller refreshes the index and retries).
+    pub async fn read_range_opt(&self, path: &str, start: u64, end: u64) -> Result<Option<Vec<u8>>> {
+        self.count();
+        match self.op.read_with(path).range(start..end).await {
+            Err(e) if e.kind() == ErrorKind::NotFound && s3_code(&e.to_string()).as_deref() != Some("NoSuchBucket") => {
+                Ok(None)
+            }
+            r => self.range_result(path, start, end, r).map(Some),
+        }
+    }
+
+    fn range_result(&self, path: &str, start: u64, end: u64, r: opendal::Result<opendal::Buffer>) -> Result<Vec<u8>> {
+        let b = r.map_err(|e| {
             // A range past the end (a filesystem says so; S3 answers 416): truncated.
             let t = e.to_string();
             if e.kind() == ErrorKind::RangeNotSatisfied || t.contains("range exceeds") || t.contains("too little data")

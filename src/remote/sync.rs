@@ -31,9 +31,9 @@ use std::sync::Mutex;
 
 /// Ranges of one pack closer than this are read as one request (reading a gap is cheaper than
 /// another round trip).
-const COALESCE_GAP: u64 = 1 << 20;
+pub(crate) const COALESCE_GAP: u64 = 1 << 20;
 /// One ranged read never spans more than this: bounded memory per request.
-const MAX_SPAN: u64 = 48 << 20;
+pub(crate) const MAX_SPAN: u64 = 48 << 20;
 /// Objects compressed together before being appended to packs (bounded memory).
 const BATCH_BYTES: u64 = 64 << 20;
 /// Pack uploads in flight at once.
@@ -253,6 +253,12 @@ impl Remote {
     }
 
     /// Returns the objects written, as written (for the index's object stats).
+    ///
+    /// A pack the index named may be gone by the time it is read: gc repacked it (its live
+    /// objects now sit in a new pack a newer index file names) and a later gc swept it after
+    /// the grace period, while this process held the old index. Such objects are located again
+    /// after one forced refresh of the index; only a pack that is still named afterwards and
+    /// still missing is an error.
     fn fetch(
         &self,
         store: &Store,
@@ -260,33 +266,64 @@ impl Remote {
         needed: &[(ObjectId, i64)],
         report: &mut PullReport,
     ) -> Result<Vec<(ObjectId, ObjectStat)>> {
-        // The manifest was written after the index naming its objects: a refresh finds them all.
-        let mut guard = self.index(false)?;
-        if needed
-            .iter()
-            .any(|(id, _)| !guard.as_ref().expect("loaded").contains(id))
-        {
+        let written: Mutex<Vec<(ObjectId, ObjectStat)>> = Mutex::new(Vec::new());
+        let mut todo: Vec<(ObjectId, i64)> = needed.to_vec();
+        let mut gone: HashSet<[u8; 32]> = HashSet::new();
+        for attempt in 0..2 {
+            // The manifest was written after the index naming its objects: a refresh finds them
+            // all. A retry always refreshes.
+            let mut guard = self.index(attempt > 0)?;
+            if todo.iter().any(|(id, _)| !guard.as_ref().expect("loaded").contains(id)) && attempt == 0 {
+                drop(guard);
+                guard = self.index(true)?;
+            }
+            let cache = guard.as_ref().expect("loaded");
+            let pending = if todo.iter().any(|(id, _)| !cache.contains(id)) {
+                self.pending_entries()?
+            } else {
+                HashMap::new()
+            };
+            let mut by_pack: BTreeMap<[u8; 32], Vec<Wanted>> = BTreeMap::new();
+            for (id, mtime) in &todo {
+                let loc = cache.get(id).or_else(|| pending.get(id)).ok_or_else(|| {
+                    Error::Remote(format!(
+                        "remote {}: snapshot {key} references object {id} that no pack index lists: the remote is incomplete or damaged",
+                        self.url()
+                    ))
+                })?;
+                if gone.contains(&loc.pack) {
+                    return Err(missing_pack(&self.url(), &loc.pack, key, id));
+                }
+                by_pack.entry(loc.pack).or_default().push((*id, *loc, *mtime));
+            }
             drop(guard);
-            guard = self.index(true)?;
+            report.packs += by_pack.len() as u64;
+            let missing = self.fetch_packs(store, by_pack, &written, report)?;
+            if missing.is_empty() {
+                break;
+            }
+            if attempt > 0 {
+                let (pack, objs) = &missing[0];
+                return Err(missing_pack(&self.url(), pack, key, &objs[0].0));
+            }
+            todo.clear();
+            for (pack, objs) in missing {
+                gone.insert(pack);
+                todo.extend(objs.into_iter().map(|(id, _, mtime)| (id, mtime)));
+            }
         }
-        let cache = guard.as_ref().expect("loaded");
-        let pending = if needed.iter().any(|(id, _)| !cache.contains(id)) {
-            self.pending_entries()?
-        } else {
-            HashMap::new()
-        };
-        let mut by_pack: BTreeMap<[u8; 32], Vec<Wanted>> = BTreeMap::new();
-        for (id, mtime) in needed {
-            let loc = cache.get(id).or_else(|| pending.get(id)).ok_or_else(|| {
-                Error::Remote(format!(
-                    "remote {}: snapshot {key} references object {id} that no pack index lists: the remote is incomplete or damaged",
-                    self.url()
-                ))
-            })?;
-            by_pack.entry(loc.pack).or_default().push((*id, *loc, *mtime));
-        }
-        drop(guard);
-        report.packs = by_pack.len() as u64;
+        Ok(written.into_inner().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Read the objects' coalesced ranges in parallel into the local store. Returns the packs
+    /// that do not exist on the remote, with the objects that were wanted from them.
+    fn fetch_packs(
+        &self,
+        store: &Store,
+        by_pack: BTreeMap<[u8; 32], Vec<Wanted>>,
+        written: &Mutex<Vec<(ObjectId, ObjectStat)>>,
+        report: &mut PullReport,
+    ) -> Result<Vec<([u8; 32], Vec<Wanted>)>> {
         // Coalesce each pack's ranges.
         let mut ranges: Vec<Span> = Vec::new();
         for (pack, mut objs) in by_pack {
@@ -310,14 +347,14 @@ impl Remote {
                 ranges.push((pack, cs, ce, v));
             }
         }
-        report.ranges = ranges.len() as u64;
+        report.ranges += ranges.len() as u64;
         // Largest first, so the long reads start early.
         ranges.sort_by_key(|r| std::cmp::Reverse(r.2 - r.1));
         let queue = Mutex::new(ranges);
         let failed: Mutex<Option<Error>> = Mutex::new(None);
+        let missing: Mutex<BTreeMap<[u8; 32], Vec<Wanted>>> = Mutex::new(BTreeMap::new());
         let fetched = std::sync::atomic::AtomicU64::new(0);
         let fetched_bytes = std::sync::atomic::AtomicU64::new(0);
-        let written: Mutex<Vec<(ObjectId, ObjectStat)>> = Mutex::new(Vec::new());
         std::thread::scope(|s| {
             for _ in 0..super::client::CONCURRENCY.min(8) {
                 s.spawn(|| loop {
@@ -327,12 +364,17 @@ impl Remote {
                     let Some((pack, start, end, objs)) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop() else {
                         break;
                     };
-                    let r = self.fetch_range(store, &pack, start, end, &objs, &written);
-                    match r {
-                        Ok(bytes) => {
+                    match self.fetch_range(store, &pack, start, end, &objs, written) {
+                        Ok(Some(bytes)) => {
                             fetched.fetch_add(objs.len() as u64, std::sync::atomic::Ordering::Relaxed);
                             fetched_bytes.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
                         }
+                        Ok(None) => missing
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .entry(pack)
+                            .or_default()
+                            .extend(objs),
                         Err(e) => {
                             failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
                         }
@@ -343,9 +385,13 @@ impl Remote {
         if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
             return Err(e);
         }
-        report.objects = fetched.into_inner();
-        report.object_bytes = fetched_bytes.into_inner();
-        Ok(written.into_inner().unwrap_or_else(|p| p.into_inner()))
+        report.objects += fetched.into_inner();
+        report.object_bytes += fetched_bytes.into_inner();
+        Ok(missing
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+            .into_iter()
+            .collect())
     }
 
     /// Read one coalesced range, decompress and verify each object, add it to the local store.
@@ -357,10 +403,12 @@ impl Remote {
         end: u64,
         objs: &[Wanted],
         written: &Mutex<Vec<(ObjectId, ObjectStat)>>,
-    ) -> Result<u64> {
+    ) -> Result<Option<u64>> {
         let name = pack::hex(pack);
         let path = layout::pack_path(&name);
-        let data = self.client.block_on(self.client.read_range(&path, start, end))??;
+        let Some(data) = self.client.block_on(self.client.read_range_opt(&path, start, end))?? else {
+            return Ok(None);
+        };
         let mut bytes = 0;
         for (id, loc, mtime) in objs {
             let a = (loc.offset - start) as usize;
@@ -375,8 +423,16 @@ impl Remote {
             }
             bytes += loc.size;
         }
-        Ok(bytes)
+        Ok(Some(bytes))
     }
+}
+
+/// A pack that is gone even after the index was refreshed: one line naming it.
+fn missing_pack(url: &str, pack: &[u8; 32], key: &str, id: &ObjectId) -> Error {
+    Error::Remote(format!(
+        "remote {url}: pack {} is missing (snapshot {key} needs object {id} from it): the remote is damaged; run `envsnap verify`",
+        layout::pack_path(&pack::hex(pack))
+    ))
 }
 
 /// Distinct objects of manifests, for gc and verify.
