@@ -25,6 +25,11 @@ pub struct GcArgs {
     /// later gc deletes it (concurrent saves finish within it)
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     grace: std::time::Duration,
+    /// With --remote: copy the live objects of a pack out into new packs when they are less
+    /// than this percentage of its bytes, so the rest can be deleted; 0 never repacks
+    #[arg(long, value_name = "PERCENT", default_value_t = envsnap::remote::gc::DEFAULT_REPACK_THRESHOLD,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    repack_threshold: u8,
 }
 
 #[derive(Args)]
@@ -109,8 +114,12 @@ fn remote_gc(ctx: &Ctx, store: &envsnap::Store, a: &GcArgs) -> Result<Outcome> {
         keep_last: a.keep_last,
         grace: a.grace,
         dry_run: a.dry_run,
+        repack_threshold: a.repack_threshold,
     };
     let r = remote.gc(&opts)?;
+    for p in &r.repack_skipped {
+        ctx.ui.warn(p);
+    }
     for k in &r.removed_keys {
         ctx.ui.detail(format!(
             "{}removed key {k} from the remote",
@@ -118,7 +127,7 @@ fn remote_gc(ctx: &Ctx, store: &envsnap::Store, a: &GcArgs) -> Result<Outcome> {
         ));
     }
     ctx.ui.info(format!(
-        "gc {}{}: removed {} keys ({} refs), kept {}; marked {} packs and {} manifests; deleted {} packs ({}) and {} manifests marked at least {} ago",
+        "gc {}{}: removed {} keys ({} refs), kept {}; marked {} packs and {} manifests; repacked {} packs ({}, {} live copied into {} new); deleted {} packs ({}) and {} manifests marked at least {} ago",
         remote.url(),
         if a.dry_run { " (dry run)" } else { "" },
         r.removed_keys.len(),
@@ -126,6 +135,10 @@ fn remote_gc(ctx: &Ctx, store: &envsnap::Store, a: &GcArgs) -> Result<Outcome> {
         r.kept_keys,
         r.marked_packs,
         r.marked_manifests,
+        r.repacked_packs,
+        bytes(r.repacked_bytes),
+        bytes(r.repack_copied_bytes),
+        r.repack_new_packs,
         r.deleted_packs,
         bytes(r.deleted_pack_bytes),
         r.deleted_manifests,

@@ -15,15 +15,21 @@
 //!    Marked manifests are deleted unless referenced again or rewritten after the mark (a
 //!    push always rewrites its manifest before its ref, which is what makes this safe).
 //!
-//! Repacking packs that are mostly garbage is not done: a pack goes only when all of it is.
+//! **Repack.** A pack still in use whose live bytes are below `--repack-threshold` (default
+//! 50 %) of its size has its live objects copied (each frame read by range and checked
+//! against its BLAKE3 first) into new packs, which a new index file names in place of it. The
+//! old pack is then wholly garbage and goes through the same mark, grace and sweep as any
+//! other: a restore that read the old index keeps reading the old pack until the sweep, and
+//! one that still holds it after the sweep refreshes its index and finds the new pack.
 
 use super::client::Listed;
 use super::layout::{self, RefName};
-use super::pack::{self, Loc, PackLocs};
+use super::pack::{self, Loc, PackBuilder, PackLocs};
 use super::Remote;
 use crate::error::{Error, Result};
 use crate::store::ObjectId;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
 use std::time::Duration;
 
 #[derive(Clone, Debug)]
@@ -33,7 +39,14 @@ pub struct RemoteGcOptions {
     pub keep_last: usize,
     pub grace: Duration,
     pub dry_run: bool,
+    /// Repack a pack whose live bytes are below this percentage of its size; 0: never.
+    pub repack_threshold: u8,
 }
+
+/// restic's `--max-unused` default is 5 %: it repacks eagerly because its packs are small.
+/// Ours are 32 MiB and a repack re-uploads what it keeps, so a pack is rewritten only once
+/// most of it is garbage: the copy then costs less than the space it frees.
+pub const DEFAULT_REPACK_THRESHOLD: u8 = 50;
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct RemoteGcReport {
@@ -49,9 +62,52 @@ pub struct RemoteGcReport {
     pub deleted_manifests: u64,
     /// Marked packs put back because a snapshot references them again.
     pub restored_packs: u64,
+    /// Packs in use whose live objects were copied into new packs because less than
+    /// `--repack-threshold` percent of their bytes were live. They are marked with this run's
+    /// garbage and deleted by a run after the grace period (then counted in `deleted_packs`).
+    pub repacked_packs: u64,
+    /// The size of those packs.
+    pub repacked_bytes: u64,
+    /// The live (compressed) bytes copied out of them, and the new packs holding them.
+    pub repack_copied_bytes: u64,
+    pub repack_new_packs: u64,
+    /// Packs that could not be repacked (unreadable, or an object fails its BLAKE3 check),
+    /// one line each naming the pack and why; they stay in the index as they are.
+    pub repack_skipped: Vec<String>,
     /// The index files were replaced by one.
     pub index_files_replaced: bool,
 }
+
+/// A pack to repack: its size, its live entries (to copy) and all its index entries (what
+/// the gc record keeps, to put back if a save in flight turns out to need a dead one).
+struct Candidate {
+    pack: [u8; 32],
+    size: u64,
+    live: Vec<(ObjectId, Loc)>,
+    all: Vec<(ObjectId, Loc)>,
+}
+
+/// What the mark phase does to the index.
+#[derive(Default)]
+struct Plan {
+    /// Entries that stay in the index as they are.
+    keep: Vec<(ObjectId, Loc)>,
+    /// Packs none of whose objects is referenced: they leave the index.
+    garbage: BTreeMap<[u8; 32], Vec<(ObjectId, Loc)>>,
+    repack: Vec<Candidate>,
+    /// Packs with no entry in the index: a killed save's, or every object of theirs has an
+    /// earlier location (two saves uploaded the same objects).
+    unindexed: Vec<String>,
+    /// Some of `unindexed` is still named by an index file, which must be rewritten before
+    /// the pack may be deleted.
+    shadowed: bool,
+}
+
+/// Index entries: objects and where they are.
+type Entries = Vec<(ObjectId, Loc)>;
+
+/// Live bytes copied in one go before new packs are written (bounded memory).
+const REPACK_BATCH: u64 = 64 << 20;
 
 /// More index files than this are merged into one by gc.
 const MAX_INDEX_FILES: usize = 16;
@@ -147,6 +203,41 @@ impl Remote {
         rep.removed_keys.sort();
         rep.removed_refs = drop_refs.len() as u64;
         if opts.dry_run {
+            // What would stay referenced: the kept keys' newest snapshots. Nothing is swept,
+            // so every pack a gc record names counts as still pending.
+            let referenced_manifests: HashSet<String> = live.iter().map(|r| r.manifest.clone()).collect();
+            let mut referenced: HashSet<ObjectId> = HashSet::new();
+            for m in &referenced_manifests {
+                referenced.extend(objects_of(m)?.into_keys());
+            }
+            let pack_list = self.pack_list()?;
+            let still_pending: HashSet<String> =
+                self.pending_records()?.into_iter().flat_map(|(_, p)| p.packs).collect();
+            let mut guard = self.index(true)?;
+            let cache = guard.as_mut().expect("loaded");
+            let plan = self.plan(cache, &pack_list, &referenced, &still_pending, now, opts)?;
+            rep.marked_packs = (plan.garbage.len() + plan.unindexed.len()) as u64;
+            rep.marked_manifests = self.unreferenced_manifests(&referenced_manifests)?.len() as u64;
+            rep.repacked_packs = plan.repack.len() as u64;
+            rep.repacked_bytes = plan.repack.iter().map(|c| c.size).sum();
+            rep.repack_copied_bytes = plan
+                .repack
+                .iter()
+                .flat_map(|c| &c.live)
+                .map(|(_, l)| l.clen as u64)
+                .sum();
+            // As the copy would fill them.
+            let mut fill = 0usize;
+            for (_, l) in plan.repack.iter().flat_map(|c| &c.live) {
+                if fill == 0 {
+                    rep.repack_new_packs += 1;
+                    fill = pack::PACK_MAGIC.len();
+                }
+                fill += l.clen as usize;
+                if fill >= pack::pack_target() {
+                    fill = 0;
+                }
+            }
             return Ok(rep);
         }
         for r in &drop_refs {
@@ -178,25 +269,16 @@ impl Remote {
         }
 
         // 3. Sweep what earlier runs marked, once their grace period is over.
-        let pack_list: HashMap<String, Listed> = c
-            .block_on(c.list("packs/"))??
-            .into_iter()
-            .filter_map(|l| {
-                let name = l.path.rsplit('/').next()?.to_string();
-                layout::is_hex64(&name).then_some((name, l))
-            })
-            .collect();
+        let mut pack_list = self.pack_list()?;
+        let mut swept: HashSet<String> = HashSet::new();
         let mut guard = self.index(true)?;
         let cache = guard.as_mut().expect("loaded");
-        let indexed_packs: HashSet<[u8; 32]> = cache.entries().map(|(_, l)| l.pack).collect();
+        // Every pack an index file names, even one whose objects all have earlier locations:
+        // a pack is never deleted while a runner's index may still point at it.
+        let indexed_packs: HashSet<[u8; 32]> = cache.named_packs();
         let grace = opts.grace.as_nanos() as i64;
         let mut still_pending: HashSet<String> = HashSet::new();
-        for p in c.block_on(c.list("gc/pending-"))?? {
-            let Some(bytes) = c.block_on(c.read_opt(&p.path))?? else {
-                continue;
-            };
-            let pending: Pending = serde_json::from_slice(&bytes)
-                .map_err(|e| Error::Remote(format!("remote {}: corrupt gc record {}: {e}", self.url(), p.path)))?;
+        for (path, pending) in self.pending_records()? {
             if now - pending.marked_ns < grace {
                 still_pending.extend(pending.packs.iter().cloned());
                 continue;
@@ -205,7 +287,7 @@ impl Remote {
                 Vec::new()
             } else {
                 let raw = decode_hex(&pending.index)
-                    .ok_or_else(|| Error::Remote(format!("remote {}: corrupt gc record {}", self.url(), p.path)))?;
+                    .ok_or_else(|| Error::Remote(format!("remote {}: corrupt gc record {path}", self.url())))?;
                 let name = blake3::hash(&raw).to_hex().to_string();
                 pack::decode_index(&name, &raw)?
             };
@@ -227,13 +309,20 @@ impl Remote {
                 if indexed_packs.contains(&hash) || modified.is_none_or(|t| t >= pending.marked_ns) {
                     continue; // written or indexed again since the mark
                 }
-                if locs.iter().any(|(id, _)| referenced.contains(id)) {
+                // A snapshot needs an object only this pack has (a save that was in flight at
+                // the mark counted on it): the pack goes back into the index. Objects another
+                // indexed pack holds (a repacked pack's live ones) do not keep it.
+                if locs
+                    .iter()
+                    .any(|(id, _)| referenced.contains(id) && !cache.contains(id))
+                {
                     back.push((hash, locs));
                     continue;
                 }
                 c.block_on(c.delete(&listed.path))??;
                 rep.deleted_packs += 1;
                 rep.deleted_pack_bytes += listed.size;
+                swept.insert(name.clone());
             }
             if !back.is_empty() {
                 rep.restored_packs += back.len() as u64;
@@ -254,55 +343,32 @@ impl Remote {
                     _ => {}
                 }
             }
-            c.block_on(c.delete(&p.path))??;
+            c.block_on(c.delete(&path))??;
         }
 
-        // 2. Mark: unreferenced packs leave the index now and are deleted after the grace.
-        let mut garbage: BTreeMap<[u8; 32], Vec<(ObjectId, Loc)>> = BTreeMap::new();
-        let mut keep: Vec<(ObjectId, Loc)> = Vec::new();
-        let mut by_pack: HashMap<[u8; 32], Vec<(ObjectId, Loc)>> = HashMap::new();
-        for (id, l) in cache.entries() {
-            by_pack.entry(l.pack).or_default().push((*id, *l));
-        }
-        // Only packs older than the grace period: a young unreferenced pack is a save in
-        // flight (packs and index written, ref not yet), to be judged by a later run.
-        let old_enough = |name: &str| -> Result<bool> {
-            let Some(l) = pack_list.get(name) else { return Ok(false) };
-            let t = match l.modified_ns {
-                Some(t) => Some(t),
-                None => c.block_on(c.modified(&l.path))??,
-            };
-            Ok(t.is_some_and(|t| now - t >= grace))
-        };
-        for (pack, locs) in by_pack {
-            if locs.iter().any(|(id, _)| referenced.contains(id)) || !old_enough(&pack::hex(&pack))? {
-                keep.extend(locs);
-            } else {
-                garbage.insert(pack, locs);
-            }
-        }
-        let indexed: HashSet<String> = cache.entries().map(|(_, l)| pack::hex(&l.pack)).collect();
-        let mut marked_packs: Vec<String> = garbage.keys().map(pack::hex).collect();
-        // Packs no index names: a killed save's.
-        for name in pack_list.keys() {
-            if !indexed.contains(name) && !still_pending.contains(name) && old_enough(name)? {
-                marked_packs.push(name.clone());
-            }
-        }
-        let manifests: Vec<String> = c
-            .block_on(c.list("manifests/"))??
-            .into_iter()
-            .filter_map(|l| l.path.strip_prefix("manifests/").map(str::to_string))
-            .filter(|m| layout::is_hex64(m) && !referenced_manifests.contains(m))
-            .collect();
+        // Gone now: not to be marked again as unindexed below.
+        pack_list.retain(|name, _| !swept.contains(name));
+
+        // 2. Mark: unreferenced packs leave the index now and are deleted after the grace;
+        // mostly-garbage packs are repacked first and then leave it the same way.
+        let mut plan = self.plan(cache, &pack_list, &referenced, &still_pending, now, opts)?;
+        // New packs first: a run killed after this leaves only unindexed packs, which a later
+        // run marks like a killed save's.
+        let (new_packs, repacked) = self.repack(std::mem::take(&mut plan.repack), &mut plan.keep, &mut rep)?;
+        let mut marked_packs: Vec<String> = plan.garbage.keys().map(pack::hex).collect();
+        marked_packs.extend(plan.unindexed.iter().cloned());
         rep.marked_packs = marked_packs.len() as u64;
+        marked_packs.extend(repacked.iter().map(|c| pack::hex(&c.pack)));
+        let manifests = self.unreferenced_manifests(&referenced_manifests)?;
         rep.marked_manifests = manifests.len() as u64;
-        let garbage: Vec<PackLocs> = garbage.into_iter().collect();
+        // The gc record keeps the marked packs' index entries, the repacked ones' dead and live.
+        let mut marked_entries: Vec<PackLocs> = std::mem::take(&mut plan.garbage).into_iter().collect();
+        marked_entries.extend(repacked.iter().map(|c| (c.pack, c.all.clone())));
         if !marked_packs.is_empty() || !manifests.is_empty() {
-            let index = if garbage.is_empty() {
+            let index = if marked_entries.is_empty() {
                 String::new()
             } else {
-                let (_, bytes) = pack::encode_index(&garbage)?;
+                let (_, bytes) = pack::encode_index(&marked_entries)?;
                 bytes.iter().map(|b| format!("{b:02x}")).collect()
             };
             let rec = Pending {
@@ -314,13 +380,15 @@ impl Remote {
             let json = serde_json::to_vec(&rec).map_err(|e| Error::Other(e.to_string()))?;
             c.block_on(c.write(&layout::gc_pending_path(now), json))??;
         }
-        // One index file for what stays replaces the ones read, when garbage left the index or
-        // saves have written many small ones (a fresh runner reads every index file). Files
-        // other saves wrote meanwhile are not touched.
+        // One index file for what stays (and the repacked objects' new places) replaces the
+        // ones read, when packs left the index or saves have written many small ones (a fresh
+        // runner reads every index file). It is written before the old files go, so every
+        // live object is always named by some index file. Files other saves wrote meanwhile
+        // are not touched.
         let old: Vec<String> = cache.file_names().cloned().collect();
-        if !garbage.is_empty() || old.len() > MAX_INDEX_FILES {
+        if !marked_entries.is_empty() || plan.shadowed || old.len() > MAX_INDEX_FILES {
             let mut by_pack: BTreeMap<[u8; 32], Vec<(ObjectId, Loc)>> = BTreeMap::new();
-            for (id, l) in keep {
+            for (id, l) in plan.keep.into_iter().chain(new_packs.into_iter().flat_map(|(_, l)| l)) {
                 by_pack.entry(l.pack).or_default().push((id, l));
             }
             let packs: Vec<PackLocs> = by_pack.into_iter().collect();
@@ -338,6 +406,233 @@ impl Remote {
             rep.index_files_replaced = true;
         }
         Ok(rep)
+    }
+
+    /// Every pack on the remote by name.
+    fn pack_list(&self) -> Result<HashMap<String, Listed>> {
+        let c = &self.client;
+        Ok(c.block_on(c.list("packs/"))??
+            .into_iter()
+            .filter_map(|l| {
+                let name = l.path.rsplit('/').next()?.to_string();
+                layout::is_hex64(&name).then_some((name, l))
+            })
+            .collect())
+    }
+
+    /// Every gc record (path, record); a record deleted while listed is skipped.
+    fn pending_records(&self) -> Result<Vec<(String, Pending)>> {
+        let c = &self.client;
+        let mut out = Vec::new();
+        for p in c.block_on(c.list("gc/pending-"))?? {
+            let Some(bytes) = c.block_on(c.read_opt(&p.path))?? else {
+                continue;
+            };
+            let pending: Pending = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Remote(format!("remote {}: corrupt gc record {}: {e}", self.url(), p.path)))?;
+            out.push((p.path, pending));
+        }
+        Ok(out)
+    }
+
+    fn unreferenced_manifests(&self, referenced: &HashSet<String>) -> Result<Vec<String>> {
+        let c = &self.client;
+        Ok(c.block_on(c.list("manifests/"))??
+            .into_iter()
+            .filter_map(|l| l.path.strip_prefix("manifests/").map(str::to_string))
+            .filter(|m| layout::is_hex64(m) && !referenced.contains(m))
+            .collect())
+    }
+
+    /// Sort the indexed packs into kept, garbage and to repack, and find the unindexed ones.
+    /// Only packs older than the grace period are judged: a young pack with unreferenced
+    /// objects is a save in flight (packs and index written, ref not yet).
+    fn plan(
+        &self,
+        cache: &super::index_cache::IndexCache,
+        pack_list: &HashMap<String, Listed>,
+        referenced: &HashSet<ObjectId>,
+        still_pending: &HashSet<String>,
+        now: i64,
+        opts: &RemoteGcOptions,
+    ) -> Result<Plan> {
+        let c = &self.client;
+        let grace = opts.grace.as_nanos() as i64;
+        let old_enough = |name: &str| -> Result<bool> {
+            let Some(l) = pack_list.get(name) else { return Ok(false) };
+            let t = match l.modified_ns {
+                Some(t) => Some(t),
+                None => c.block_on(c.modified(&l.path))??,
+            };
+            Ok(t.is_some_and(|t| now - t >= grace))
+        };
+        let mut plan = Plan::default();
+        // `entries` gives each object once, at its first location: a pack's objects that
+        // another pack also holds count there only, so duplicates are collected too.
+        let mut by_pack: BTreeMap<[u8; 32], Vec<(ObjectId, Loc)>> = BTreeMap::new();
+        for (id, l) in cache.entries() {
+            by_pack.entry(l.pack).or_default().push((*id, *l));
+        }
+        let threshold = u64::from(opts.repack_threshold.min(100));
+        for (pack, mut locs) in by_pack {
+            let name = pack::hex(&pack);
+            let live: Vec<(ObjectId, Loc)> = locs.iter().filter(|(id, _)| referenced.contains(id)).copied().collect();
+            let live_bytes: u64 = live.iter().map(|(_, l)| l.clen as u64).sum();
+            // The frames, without the magic: what the live bytes are a share of.
+            let payload = pack_list
+                .get(&name)
+                .map_or(0, |l| l.size.saturating_sub(pack::PACK_MAGIC.len() as u64));
+            let sparse = !live.is_empty() && live_bytes * 100 < threshold * payload;
+            if (!live.is_empty() && !sparse) || !old_enough(&name)? {
+                plan.keep.extend(locs);
+            } else if live.is_empty() {
+                plan.garbage.insert(pack, locs);
+            } else {
+                // Copied in pack order: reads are sequential and the result deterministic.
+                let mut live = live;
+                live.sort_by_key(|(_, l)| l.offset);
+                locs.sort_by_key(|(_, l)| l.offset);
+                plan.repack.push(Candidate {
+                    pack,
+                    size: payload + pack::PACK_MAGIC.len() as u64,
+                    live,
+                    all: locs,
+                });
+            }
+        }
+        let first: HashSet<String> = cache.entries().map(|(_, l)| pack::hex(&l.pack)).collect();
+        let named: HashSet<String> = cache.named_packs().iter().map(pack::hex).collect();
+        let mut names: Vec<&String> = pack_list.keys().collect();
+        names.sort();
+        for name in names {
+            if !first.contains(name) && !still_pending.contains(name) && old_enough(name)? {
+                plan.shadowed |= named.contains(name);
+                plan.unindexed.push(name.clone());
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Copy the candidates' live objects into new packs, in batches: each frame is read by
+    /// range and decompressed and checked against its BLAKE3 before it is copied (as a
+    /// restore checks it), so a repack never carries corruption into a pack that looks new.
+    /// A candidate that cannot be read or fails a check is skipped (its entries stay in
+    /// `keep`, a line in `repack_skipped`). Returns the new packs (uploaded) and the
+    /// candidates repacked.
+    fn repack(
+        &self,
+        mut cands: Vec<Candidate>,
+        keep: &mut Vec<(ObjectId, Loc)>,
+        rep: &mut RemoteGcReport,
+    ) -> Result<(Vec<PackLocs>, Vec<Candidate>)> {
+        use super::sync::{COALESCE_GAP, MAX_SPAN};
+        type Frames = Vec<(ObjectId, u64, Vec<u8>)>;
+        cands.sort_by_key(|c| c.pack);
+        let mut new_packs: Vec<PackLocs> = Vec::new();
+        let mut done: Vec<Candidate> = Vec::new();
+        let mut builder = PackBuilder::default();
+        let c = &self.client;
+        let upload = |b: PackBuilder, new_packs: &mut Vec<PackLocs>, rep: &mut RemoteGcReport| -> Result<()> {
+            let (hash, data, locs) = b.finish();
+            c.block_on(c.write(&layout::pack_path(&pack::hex(&hash)), data))??;
+            rep.repack_new_packs += 1;
+            new_packs.push((hash, locs));
+            Ok(())
+        };
+        let mut rest = cands.into_iter().peekable();
+        while rest.peek().is_some() {
+            let mut batch: Vec<Candidate> = Vec::new();
+            let mut bytes = 0;
+            while let Some(cand) = rest.next_if(|_| batch.is_empty() || bytes < REPACK_BATCH) {
+                bytes += cand.live.iter().map(|(_, l)| l.clen as u64).sum::<u64>();
+                batch.push(cand);
+            }
+            // Coalesced ranges of the batch's live frames: (candidate, start, end, objects).
+            let mut spans: Vec<(usize, u64, u64, Entries)> = Vec::new();
+            for (i, cand) in batch.iter().enumerate() {
+                let mut cur: Option<(u64, u64, Entries)> = None;
+                for &(id, l) in &cand.live {
+                    let (s, e) = (l.offset, l.offset + l.clen as u64);
+                    cur = match cur {
+                        Some((cs, ce, mut v)) if s <= ce + COALESCE_GAP && e - cs <= MAX_SPAN => {
+                            v.push((id, l));
+                            Some((cs, ce.max(e), v))
+                        }
+                        Some((cs, ce, v)) => {
+                            spans.push((i, cs, ce, v));
+                            Some((s, e, vec![(id, l)]))
+                        }
+                        None => Some((s, e, vec![(id, l)])),
+                    };
+                }
+                if let Some((cs, ce, v)) = cur {
+                    spans.push((i, cs, ce, v));
+                }
+            }
+            let queue = Mutex::new(spans);
+            let got: Mutex<Vec<Result<Frames>>> = Mutex::new(batch.iter().map(|_| Ok(Vec::new())).collect());
+            std::thread::scope(|s| {
+                for _ in 0..super::client::CONCURRENCY.min(8) {
+                    s.spawn(|| loop {
+                        let Some((i, start, end, objs)) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop() else {
+                            break;
+                        };
+                        if got.lock().unwrap_or_else(|p| p.into_inner())[i].is_err() {
+                            continue;
+                        }
+                        let path = layout::pack_path(&pack::hex(&batch[i].pack));
+                        let r = (|| -> Result<Frames> {
+                            let data = c.block_on(c.read_range(&path, start, end))??;
+                            let mut out = Vec::new();
+                            for (id, l) in objs {
+                                let a = (l.offset - start) as usize;
+                                let frame = &data[a..a + l.clen as usize];
+                                pack::decompress_verified(frame, &id, l.size, &path)?;
+                                out.push((id, l.size, frame.to_vec()));
+                            }
+                            Ok(out)
+                        })();
+                        let mut g = got.lock().unwrap_or_else(|p| p.into_inner());
+                        match (r, &mut g[i]) {
+                            (Ok(f), Ok(v)) => v.extend(f),
+                            (Err(e), slot) => *slot = Err(e),
+                            (Ok(_), Err(_)) => {}
+                        }
+                    });
+                }
+            });
+            let got = got.into_inner().unwrap_or_else(|p| p.into_inner());
+            for (cand, frames) in batch.into_iter().zip(got) {
+                let mut frames = match frames {
+                    Ok(f) => f,
+                    Err(e) => {
+                        rep.repack_skipped.push(format!(
+                            "pack {} not repacked: {e}",
+                            layout::pack_path(&pack::hex(&cand.pack))
+                        ));
+                        keep.extend(cand.all);
+                        continue;
+                    }
+                };
+                // Spans finish in any order; the copy keeps the old pack's order.
+                let order: HashMap<ObjectId, u64> = cand.live.iter().map(|(id, l)| (*id, l.offset)).collect();
+                frames.sort_by_key(|(id, _, _)| order[id]);
+                for (id, size, frame) in frames {
+                    rep.repack_copied_bytes += frame.len() as u64;
+                    builder.push(id, size, &frame);
+                    if builder.full() {
+                        upload(std::mem::take(&mut builder), &mut new_packs, rep)?;
+                    }
+                }
+                rep.repacked_packs += 1;
+                rep.repacked_bytes += cand.size;
+                done.push(cand);
+            }
+        }
+        if !builder.is_empty() {
+            upload(builder, &mut new_packs, rep)?;
+        }
+        Ok((new_packs, done))
     }
 }
 

@@ -91,6 +91,12 @@ impl IndexCache {
         self.map.iter()
     }
 
+    /// Every pack any index file names, including packs whose objects all have another
+    /// location first (their entries are shadowed in [`Self::entries`]).
+    pub fn named_packs(&self) -> std::collections::HashSet<[u8; 32]> {
+        self.files.values().flatten().map(|(_, l)| l.pack).collect()
+    }
+
     /// The index files the cache holds, by name.
     pub fn file_names(&self) -> impl Iterator<Item = &String> {
         self.files.keys()
