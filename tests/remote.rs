@@ -1605,7 +1605,7 @@ fn gc_repacks_a_mostly_garbage_pack_and_deletes_it_after_the_grace() {
             r.url
         );
         restores("after");
-        for args in [&["verify"][..]] {
+        for args in [&["verify"][..], &["verify", "--deep"]] {
             let v = r.run(&d.path().join("v"), args);
             assert_eq!(code(&v), 0, "{}: {args:?}: {}", r.url, stderr(&v));
         }
@@ -1719,4 +1719,63 @@ fn a_restore_holding_the_old_index_recovers_after_a_repack_and_sweep() {
     let j = ok_json(&o);
     assert_eq!(j["hit"], "exact", "{j}");
     assert_eq!(describe(&out), describe(&small));
+}
+
+/// Issue 9: `verify --deep` downloads every pack, hashes it against its name and every object
+/// in it against its id. A byte flipped inside one object's frame (same size, so the structural
+/// verify still passes) is reported naming the pack and that object, exit 2; a healthy remote
+/// passes with every object checked.
+#[test]
+fn verify_deep_hashes_every_pack_and_names_a_corrupt_object() {
+    for r in Remote::both() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        noise_tree(&src, 5, 20_000, 21);
+        r.json(&d.path().join("a"), &["save", "dir", s(&src), "--key", "k"]);
+        let v = r.json(&d.path().join("v"), &["verify", "--deep"]);
+        assert_eq!(
+            (
+                v["deep"].as_bool(),
+                v["checked_packs"].as_u64(),
+                v["checked_objects"].as_u64()
+            ),
+            (Some(true), Some(1), Some(5)),
+            "{}: {v}",
+            r.url
+        );
+        assert!(v["problems"].as_array().unwrap().is_empty(), "{v}");
+
+        let entries = index_entries(&r);
+        let (pack, object, offset, len) = entries[2].clone();
+        let path = format!("packs/{}/{pack}", &pack[..2]);
+        let mut bytes = r.raw_get(&path);
+        bytes[(offset + len / 2) as usize] ^= 0x10;
+        r.raw_put(&path, &bytes);
+
+        let v = r.run(&d.path().join("v"), &["verify"]);
+        assert_eq!(code(&v), 0, "{}: structure is intact: {}", r.url, stderr(&v));
+        let v = r.run(&d.path().join("v"), &["--json", "verify", "--deep"]);
+        assert_eq!(code(&v), 2, "{}: {}", r.url, stderr(&v));
+        let j: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+        let problems: Vec<&str> = j["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        assert!(
+            problems.iter().any(|p| p.contains(&path) && p.contains(&object)),
+            "{}: {problems:?}",
+            r.url
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains(&path) && p.contains("does not match its name")),
+            "{problems:?}"
+        );
+        assert_eq!(problems.len(), 2, "only the flipped object and its pack: {problems:?}");
+        let err = stderr(&v);
+        assert!(err.contains("error:") && err.contains(&pack), "{err}");
+    }
 }

@@ -38,6 +38,10 @@ pub struct VerifyArgs {
     /// restores are misses and the next save stores the content again
     #[arg(long)]
     repair: bool,
+    /// With a remote: also download every pack the index names, check that it hashes to its
+    /// name, and decompress and hash every object in it (a local store is always checked so)
+    #[arg(long)]
+    deep: bool,
 }
 
 pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
@@ -165,7 +169,7 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<Outcome> {
     if ctx.has_remote() {
         let store = ctx.open_store()?;
         if let Some(remote) = ctx.open_remote(&store)? {
-            return remote_verify(ctx, &remote);
+            return remote_verify(ctx, &remote, a.deep);
         }
     }
     let Some(store) = ctx.open_store_read()? else {
@@ -273,9 +277,10 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<Outcome> {
 }
 
 /// `verify` with a remote: every ref's manifest decodes and passes the safety rules, every object
-/// it references is in the index, and every pack the index names exists and is long enough.
-fn remote_verify(ctx: &Ctx, remote: &envsnap::remote::Remote) -> Result<Outcome> {
-    let r = remote.verify()?;
+/// it references is in the index, and every pack the index names exists and is long enough;
+/// with `--deep`, every such pack hashes to its name and every object in it to its id.
+fn remote_verify(ctx: &Ctx, remote: &envsnap::remote::Remote, deep: bool) -> Result<Outcome> {
+    let r = remote.verify(deep)?;
     for p in &r.problems {
         ctx.ui.warn(p);
     }
@@ -284,11 +289,16 @@ fn remote_verify(ctx: &Ctx, remote: &envsnap::remote::Remote) -> Result<Outcome>
     ctx.ui.emit_json(&v);
     if r.problems.is_empty() {
         ctx.ui.info(format!(
-            "verified {}: {} keys, {} objects in {} packs: all present",
+            "verified {}: {} keys, {} objects in {} packs: {}",
             remote.url(),
             r.keys,
             r.objects,
-            r.packs
+            r.packs,
+            if deep {
+                format!("all present and intact ({} read and hashed)", bytes(r.checked_bytes))
+            } else {
+                "all present (--deep also downloads and hashes them)".to_string()
+            }
         ));
         Ok(Outcome::Done)
     } else {
