@@ -10,8 +10,9 @@
 //!    saves do not count on them and upload such objects again.
 //! 3. **Sweep**, in a later run at least `--grace` (default 24 h) after the mark, so any save
 //!    that read the old index has finished: a marked pack is deleted unless a snapshot now
-//!    references one of its objects (a save that was in flight at the mark: the pack is put
-//!    back into the index), the index names it again, or it was written after the mark.
+//!    references an object of it that no indexed pack holds (a save that was in flight at
+//!    the mark: the pack is put back into the index), an index file names it again, or it
+//!    was written after the mark.
 //!    Marked manifests are deleted unless referenced again or rewritten after the mark (a
 //!    push always rewrites its manifest before its ref, which is what makes this safe).
 //!

@@ -10,7 +10,8 @@
 //! - [`index_cache`]: the local copy of the remote's index (what the remote holds, for free);
 //! - [`doc`]: the snapshot manifest document;
 //! - [`sync`]: push (packs → index → manifest → ref) and pull (ranged, coalesced, verified);
-//! - [`gc`]: remote garbage collection in two phases.
+//! - [`gc`]: remote garbage collection in two phases, repacking mostly-garbage packs;
+//! - [`check`]: `verify` against the remote (structure; `--deep` hashes every pack).
 //!
 //! Write order makes every key whole when visible: packs, then the index naming them, then the
 //! manifest, then the ref. Refs are append-only names that sort newest first, so no
