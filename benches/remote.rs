@@ -183,6 +183,9 @@ fn main() {
     let archive = std::fs::read(format!("{w}/venv.tar.zst")).unwrap();
 
     let (mut up_tar, mut up_es, mut down_tar, mut down_es, mut down_req) = (vec![], vec![], vec![], vec![], vec![]);
+    // The whole cold save as a job runs it: envsnap's save with a remote and an empty local
+    // store (hash, store, compress, upload) vs `tar | zstd -T0` then one PUT.
+    let (mut save_es, mut save_tar) = (vec![], vec![]);
     let mut incr = serde_json::Value::Null;
     let mut unchanged = serde_json::Value::Null;
     let mut cold = serde_json::Value::Null;
@@ -200,6 +203,27 @@ fn main() {
             200
         );
         up_tar.push(t.elapsed().as_secs_f64());
+
+        let t = Instant::now();
+        es(&format!("c{run}"), &format!("save venv {v} --key venv"));
+        save_es.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        sh(&format!(
+            "tar -C {v}/.. --posix -cf - .venv | zstd -T0 -q -f -o {w}/cold.tar.zst"
+        ));
+        let cold_archive = std::fs::read(format!("{w}/cold.tar.zst")).unwrap();
+        assert_eq!(
+            http(
+                port,
+                "PUT",
+                &format!("/bench/cold{run}/venv.tar.zst"),
+                "",
+                &cold_archive
+            )
+            .0,
+            200
+        );
+        save_tar.push(t.elapsed().as_secs_f64());
 
         // Fresh runner: empty local store, restore to another path.
         sh(&format!(
@@ -257,6 +281,11 @@ fn main() {
         ue / ut,
         cold["pushed"][0]["packs"],
         cold["remote"]["bytes_up"].as_f64().unwrap() / 1e6
+    );
+    let (se, stz) = (median(save_es), median(save_tar));
+    println!(
+        "cold save end to end: envsnap save with a remote {se:.2}s vs tar | zstd -T0 + PUT {stz:.2}s = {:.2}x",
+        se / stz
     );
     let iu = incr["remote"]["bytes_up"].as_u64().unwrap();
     println!(

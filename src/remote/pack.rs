@@ -34,6 +34,8 @@ pub fn pack_target() -> usize {
 
 /// zstd's default level: what `tar --zstd` uses too.
 pub const LEVEL: i32 = 3;
+/// Objects up to this size decode in one call into a buffer of exactly their size.
+const BULK_LIMIT: u64 = 64 << 20;
 /// Decoding refuses index files that inflate beyond this (a hostile remote's zip bomb).
 const INDEX_LIMIT: u64 = 1 << 30;
 
@@ -105,21 +107,55 @@ impl PackBuilder {
     }
 }
 
-/// Compress one object as its own frame.
+/// Compress one object as its own frame. Each thread keeps one compression context: a venv
+/// is mostly small files, and a fresh context per object (its tables allocated and zeroed
+/// each time) would cost more than compressing many of them.
 pub fn compress(data: &[u8]) -> Result<Vec<u8>> {
-    zstd::bulk::compress(data, LEVEL).map_err(|e| Error::Other(format!("zstd compression failed: {e}")))
+    thread_local! {
+        static CTX: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> = const { std::cell::RefCell::new(None) };
+    }
+    let fail = |e: std::io::Error| Error::Other(format!("zstd compression failed: {e}"));
+    CTX.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = Some(zstd::bulk::Compressor::new(LEVEL).map_err(fail)?);
+        }
+        c.as_mut().expect("set above").compress(data).map_err(fail)
+    })
 }
 
 /// Decompress one object's frame and check it is exactly the object `id` (BLAKE3 and size).
 /// Anything else (a flipped byte, a frame of another object) is an error naming the pack.
 pub fn decompress_verified(frame: &[u8], id: &ObjectId, size: u64, pack_name: &str) -> Result<Vec<u8>> {
     let corrupt = |why: String| Error::Remote(format!("corrupt pack {pack_name} on the remote: object {id} {why}"));
-    let mut out = Vec::with_capacity(size.min(1 << 30) as usize);
-    zstd::stream::Decoder::new(frame)
-        .map_err(|e| corrupt(format!("cannot be decoded ({e})")))?
-        .take(size + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| corrupt(format!("cannot be decoded ({e})")))?;
+    // One context per thread (see `compress`). The output may not outgrow the size the index
+    // gives (a hostile frame cannot inflate without bound); larger objects than that limit
+    // are streamed.
+    thread_local! {
+        static CTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+    }
+    let out = if size <= BULK_LIMIT {
+        CTX.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.is_none() {
+                *c = Some(zstd::bulk::Decompressor::new().map_err(|e| corrupt(format!("cannot be decoded ({e})")))?);
+            }
+            let mut out = Vec::with_capacity(size as usize);
+            c.as_mut()
+                .expect("set above")
+                .decompress_to_buffer(frame, &mut out)
+                .map_err(|e| corrupt(format!("cannot be decoded ({e})")))?;
+            Ok::<_, Error>(out)
+        })?
+    } else {
+        let mut out = Vec::with_capacity(size.min(1 << 30) as usize);
+        zstd::stream::Decoder::new(frame)
+            .map_err(|e| corrupt(format!("cannot be decoded ({e})")))?
+            .take(size + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| corrupt(format!("cannot be decoded ({e})")))?;
+        out
+    };
     if out.len() as u64 != size || blake3::hash(&out).as_bytes() != &id.hash {
         return Err(corrupt("does not match its BLAKE3".into()));
     }
