@@ -213,8 +213,12 @@ fn snap_from_row(r: &rusqlite::Row) -> rusqlite::Result<SnapshotRow> {
 pub struct NewSnapshot<'a> {
     pub row: &'a SnapshotRow,
     pub manifest: &'a Manifest,
-    /// Replaces the stat cache for `row.source`.
+    /// Replaces the stat cache for `row.source` (its scanner is recorded in the row either
+    /// way).
     pub statcache: &'a StatCache,
+    /// A snapshot pulled from a remote describes another machine's tree: the stat cache of
+    /// `row.source` here (notes on this machine's files) is left as it is.
+    pub keep_statcache: bool,
     /// The objects this save wrote, as written (see [`ObjectStat`]).
     pub objects: &'a [(ObjectId, ObjectStat)],
 }
@@ -658,6 +662,10 @@ impl Index {
         record_objects(&tx, new.objects).map_err(err)?;
         // A new key over an unchanged tree (CI's common case) has the same stat cache as the
         // last save from that source: leave the 1 MB record alone.
+        if new.keep_statcache {
+            tx.commit().map_err(err)?;
+            return Ok(id);
+        }
         let data = new.statcache.encode();
         let stored: Option<(String, Vec<u8>)> = tx
             .query_row(
@@ -1278,6 +1286,7 @@ mod tests {
             row: &row(key),
             manifest: m,
             statcache: &StatCache::default(),
+            keep_statcache: false,
             objects: &[],
         })
         .unwrap()
@@ -1374,6 +1383,7 @@ mod tests {
                 row: &row,
                 manifest: &m,
                 statcache: &sc,
+                keep_statcache: false,
                 objects: &[],
             })
             .unwrap();

@@ -363,6 +363,7 @@ pub fn save_with_manifest(store: &Store, req: SaveRequest) -> Result<(SaveReport
             row: &row,
             manifest: &manifest,
             statcache: &stat_cache(&manifest, &stat_ids, started_ns, scanner_id),
+            keep_statcache: false,
             objects: &written,
         })?,
     };

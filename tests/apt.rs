@@ -684,6 +684,7 @@ impl Crafted {
             row: &row,
             manifest: &m,
             statcache: &Default::default(),
+            keep_statcache: false,
             objects: &[],
         })
         .unwrap();

@@ -341,6 +341,7 @@ fn hostile_entries_planted_in_the_index_are_refused_and_nothing_escapes() {
             row: &row,
             manifest: &m,
             statcache: &Default::default(),
+            keep_statcache: false,
             objects: &[],
         })
         .unwrap();

@@ -1310,6 +1310,29 @@ fn a_damaged_local_object_is_fetched_again_from_the_remote() {
     }
 }
 
+/// A snapshot pulled from the remote describes another runner's tree: pulling it used to
+/// replace this store's stat cache for the same path with an empty one, so the next save of
+/// that path here read every file again.
+#[test]
+fn pulling_a_snapshot_keeps_the_stat_cache_of_its_source_path() {
+    let r = Remote::file();
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    tree(&src);
+    let (a, b) = (d.path().join("a"), d.path().join("b"));
+    // Past the racy window, so the save's stat cache holds every file.
+    std::thread::sleep(Duration::from_millis(1100));
+    r.json(&a, &["save", "dir", s(&src), "--key", "mine"]);
+    // Another runner saves the same path with one more file.
+    fs::write(src.join("pkg/new.txt"), b"new").unwrap();
+    r.json(&b, &["save", "dir", s(&src), "--key", "theirs"]);
+    fs::remove_file(src.join("pkg/new.txt")).unwrap();
+    // This runner restores theirs elsewhere: the pull commits a snapshot whose source is src.
+    r.json(&a, &["restore", s(&d.path().join("out")), "--key", "theirs"]);
+    let again = r.json(&a, &["save", "dir", s(&src), "--key", "mine"]);
+    assert_eq!(again["hashed_files"], 0, "{again}");
+}
+
 /// `delete` with a remote drops the key there (every ref, so no older one resurfaces): a
 /// fresh runner then misses it; other keys are untouched; a key the remote lacks exits 1.
 #[test]

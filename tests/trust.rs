@@ -472,6 +472,7 @@ fn a_crafted_key_in_the_index_cannot_inject_outputs_or_escapes() {
             row: &row,
             manifest: &m,
             statcache: &Default::default(),
+            keep_statcache: false,
             objects: &[],
         })
         .unwrap();

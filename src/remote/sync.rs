@@ -238,6 +238,7 @@ impl Remote {
                 row: &row,
                 manifest: &manifest,
                 statcache: &statcache,
+                keep_statcache: true,
                 objects: &written,
             })?;
         } else if !written.is_empty() {
