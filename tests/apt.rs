@@ -382,6 +382,55 @@ fn conflicting_target_is_a_miss() {
     c.assert_restore_refused(store, 1, "jq:amd64 is installed at 1.5+fake-1");
 }
 
+/// Issue 9: `apt install` with a remote. A miss installs, saves and pushes; a fresh runner
+/// (another chroot, an empty local store) restores the packages from the remote alone; and a
+/// key that only the local store holds is a miss (keys live on the remote), as for `restore`:
+/// the install once restored such a key.
+#[test]
+fn apt_install_through_a_remote_reaches_a_fresh_runner_and_ignores_local_only_keys() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(tar) = ready() else { return };
+    let shared = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let url = format!("file://{}", shared.path().display());
+    let (s1, s2) = (
+        tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap(),
+        tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap(),
+    );
+    let install = |store: &Path, key: &str, root: &Path, remote: Option<&str>| -> serde_json::Value {
+        let mut args = vec!["--json"];
+        match remote {
+            Some(u) => args.extend(["--remote", u]),
+            None => args.push("--no-remote"),
+        }
+        let root = root.to_str().unwrap();
+        args.extend(["apt", "install", "--key", key, "--root", root]);
+        args.extend(["--no-install-recommends", "-o", "Dpkg::Use-Pty=0", "jq"]);
+        serde_json::from_str(envsnap_ok(store, &args).trim()).expect("one JSON object")
+    };
+    let key = "apt-remote-jq";
+    let a = fresh(&tar);
+    a.seed_archives();
+    let j = install(s1.path(), key, &a.root, Some(&url));
+    assert_eq!(j["outcome"], "installed", "{j}");
+    assert!(j["remote"]["pushed"]["objects"].as_u64().unwrap() > 0, "{j}");
+    a.keep_archives();
+    // The fresh runner: nothing local, the remote has the key.
+    let b = fresh(&tar);
+    let j = install(s2.path(), key, &b.root, Some(&url));
+    assert_eq!(j["outcome"], "restored", "{j}");
+    assert_eq!(b.sh_ok("echo '{\"x\":1}' | jq .x").trim(), "1");
+    assert!(b.sh_ok("dpkg -s jq").contains("install ok installed"));
+    assert!(b.sh_ok("dpkg --audit").trim().is_empty());
+    // A key saved on this runner without the remote is unknown to the remote: a miss there,
+    // so apt-get runs (jq is already installed: it installs nothing) and the result is saved
+    // and pushed under the key.
+    let j = install(s2.path(), "apt-local-only", &b.root, None);
+    assert_eq!(j["outcome"], "installed", "{j}");
+    let j = install(s2.path(), "apt-local-only", &b.root, Some(&url));
+    assert_eq!(j["outcome"], "installed", "{j}");
+    assert!(j["miss_reason"].as_str().unwrap().contains("apt-local-only"), "{j}");
+}
+
 #[test]
 fn apt_install_wrapper_miss_then_hit() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

@@ -19,6 +19,10 @@ pub struct InstallRequest {
     /// Run `apt-get update` before installing on a miss.
     pub update: bool,
     pub packages: Vec<String>,
+    /// With a remote, keys live there: its lookup has decided (the key it matched, already
+    /// pulled into the local store, and how), and the local store's own keys are not consulted.
+    /// `None`: look up in the local store.
+    pub decided: Option<Option<(String, Hit)>>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -91,7 +95,12 @@ pub fn install(store: &Store, req: &InstallRequest) -> Result<InstallReport> {
     let mut began = false;
     // Held from lookup to the end of the restore, so gc cannot remove the snapshot meanwhile.
     let lock = store.lock_shared()?;
-    if let Some((row, hit)) = store.lookup(&req.key, &req.fallbacks)? {
+    let found = match &req.decided {
+        None => store.lookup(&req.key, &req.fallbacks)?,
+        Some(None) => None,
+        Some(Some((key, hit))) => store.index().get(key)?.map(|row| (row, *hit)),
+    };
+    if let Some((row, hit)) = found {
         if matches!(hit, Hit::Fallback) {
             super::begin(store, &root)?;
             began = true;

@@ -76,7 +76,7 @@ pub fn run(ctx: &Ctx, a: AptArgs) -> Result<Outcome> {
             let started_ns = envsnap::repo::now_ns();
             let tpl = key;
             let (key, fallbacks) = super::key::keys_for(ctx, &tpl, &fallbacks, None, None, Some(&root))?;
-            let req = InstallRequest {
+            let mut req = InstallRequest {
                 key,
                 fallbacks,
                 root,
@@ -84,16 +84,22 @@ pub fn run(ctx: &Ctx, a: AptArgs) -> Result<Outcome> {
                 options,
                 update,
                 packages,
+                decided: None,
             };
             // With a remote, the snapshot the remote's lookup finds is brought into the local
-            // store first, so the install's lookup hits it; a new save is pushed afterwards.
+            // store first and is what the install restores (a key only in the local store is
+            // a miss, as for `restore`); a new save is pushed afterwards.
             let remote = ctx.open_remote(&store)?;
             if let Some(rm) = &remote {
                 let _lock = store.lock_shared()?;
-                if let Some((rref, _)) = rm.lookup(&req.key, &req.fallbacks)? {
-                    rm.pull(&store, &rref)?;
-                    rm.record_use(&rref)?;
-                }
+                req.decided = Some(match rm.lookup(&req.key, &req.fallbacks)? {
+                    Some((rref, hit)) => {
+                        let (row, _) = rm.pull(&store, &rref)?;
+                        rm.record_use(&rref)?;
+                        Some((row.key, hit))
+                    }
+                    None => None,
+                });
             }
             let r = apt::install(&store, &req)?;
             let mut push_error = None;
