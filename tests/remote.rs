@@ -1333,6 +1333,37 @@ fn pulling_a_snapshot_keeps_the_stat_cache_of_its_source_path() {
     assert_eq!(again["hashed_files"], 0, "{again}");
 }
 
+/// A file:// remote stages writes in `.envsnap-tmp/`; a writer killed mid-object leaves its
+/// temp file there, and `gc --remote` removes those older than the grace period (only those:
+/// a younger one may be a live writer's).
+#[test]
+fn remote_gc_removes_temp_files_that_killed_writers_left_on_a_file_remote() {
+    let r = Remote::file();
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    noise_tree(&src, 2, 1000, 3);
+    let store = d.path().join("store");
+    r.json(&store, &["save", "dir", s(&src), "--key", "k"]);
+    let tmp = PathBuf::from(r.url.strip_prefix("file://").unwrap()).join(".envsnap-tmp");
+    let (old, young) = (tmp.join("index-abc.killed"), tmp.join("pack-def.writing"));
+    fs::write(&old, b"half").unwrap();
+    fs::write(&young, b"half").unwrap();
+    set_mtime(&old, 1_600_000_000, 0);
+    let dry = r.json(&store, &["gc", "--grace", "1h", "--dry-run"]);
+    assert_eq!(
+        (dry["stale_temp_files"].as_u64(), old.exists()),
+        (Some(1), true),
+        "{dry}"
+    );
+    let g = r.json(&store, &["gc", "--grace", "1h"]);
+    assert_eq!(g["stale_temp_files"], 1, "{g}");
+    assert!(!old.exists() && young.exists());
+    r.json(
+        &d.path().join("fresh"),
+        &["restore", s(&d.path().join("out")), "--key", "k"],
+    );
+}
+
 /// `delete` with a remote drops the key there (every ref, so no older one resurfaces): a
 /// fresh runner then misses it; other keys are untouched; a key the remote lacks exits 1.
 #[test]

@@ -148,6 +148,13 @@ fn remote_gc(ctx: &Ctx, store: &envsnap::Store, a: &GcArgs) -> Result<Outcome> {
         r.deleted_manifests,
         humantime::format_duration(a.grace)
     ));
+    if r.stale_temp_files > 0 {
+        ctx.ui.detail(format!(
+            "{} {}left by writers killed mid-object",
+            plural(r.stale_temp_files, "temp file"),
+            if a.dry_run { "would be removed, " } else { "removed, " }
+        ));
+    }
     // Events: fold the small per-operation objects into one bundle, drop the expired.
     let ev = envsnap::events::compact_remote(&remote, a.dry_run)?;
     ctx.ui.detail(format!(

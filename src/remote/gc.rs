@@ -77,6 +77,9 @@ pub struct RemoteGcReport {
     pub repack_skipped: Vec<String>,
     /// The index files were replaced by one.
     pub index_files_replaced: bool,
+    /// `file://` remotes: temp files of writers killed mid-object, older than the grace period
+    /// (removed, or that would be in a dry run).
+    pub stale_temp_files: u64,
 }
 
 /// A pack to repack: its size, its live entries (to copy) and all its index entries (what
@@ -123,10 +126,46 @@ struct Pending {
 }
 
 impl Remote {
+    /// A `file://` remote stages each write in `.envsnap-tmp/` and renames it into place
+    /// (`client.rs`): a writer killed mid-object leaves its temp file behind. Those untouched
+    /// for the grace period belong to no live writer.
+    fn sweep_temp_files(&self, grace: Duration, dry_run: bool) -> Result<u64> {
+        let super::url::Scheme::File { path } = &self.client.url.scheme else {
+            return Ok(0);
+        };
+        let dir = path.join(layout::TMP_DIR);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(0);
+        };
+        let mut n = 0;
+        for e in entries.flatten() {
+            let stale = e
+                .metadata()
+                .ok()
+                .filter(|m| m.is_file())
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= grace);
+            if stale {
+                if !dry_run {
+                    match std::fs::remove_file(e.path()) {
+                        Ok(()) => {}
+                        Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(err) => return Err(Error::io("remove", e.path(), err)),
+                    }
+                }
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     pub fn gc(&self, opts: &RemoteGcOptions) -> Result<RemoteGcReport> {
         let mut rep = RemoteGcReport::default();
         let now = crate::repo::now_ns();
         let c = &self.client;
+
+        rep.stale_temp_files = self.sweep_temp_files(opts.grace, opts.dry_run)?;
 
         // 1. Refs.
         let refs: Vec<RefName> = self.refs("", false)?;
