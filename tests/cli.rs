@@ -92,6 +92,30 @@ fn usage_errors_are_claps_whole_message_and_exit_2() {
     assert!(String::from_utf8_lossy(&o.stdout).starts_with("envsnap "));
 }
 
+/// Paths need not be UTF-8: with a bare `--remote` (the URL from `$ENVSNAP_REMOTE`) the
+/// command line is read again for a URL, which once panicked on such an argument.
+#[test]
+fn a_path_that_is_not_utf8_beside_a_bare_remote_is_saved_not_a_panic() {
+    use std::os::unix::ffi::OsStrExt;
+    let d = tmp();
+    let store = d.path().join("store");
+    let src = d.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"x").unwrap();
+    let remote = format!("file://{}", d.path().join("remote").display());
+    let o = Command::new(bin())
+        .arg("--store")
+        .arg(&store)
+        .args(["save", "dir"])
+        .arg(&src)
+        .args(["--key", "k", "--remote"])
+        .env("ENVSNAP_REMOTE", &remote)
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(d.path().join("remote/envsnap-v1").is_dir());
+}
+
 /// An interpreter that fails the way a pyenv shim for a missing version does: seven lines.
 fn failing_shim(dir: &Path) -> PathBuf {
     let shim = dir.join("python3");

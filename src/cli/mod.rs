@@ -174,6 +174,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    let bare_remote = cli.remote.as_deref() == Some("");
     let ctx = Ctx {
         ui: Ui {
             json: cli.json,
@@ -187,7 +188,15 @@ pub fn main() -> ExitCode {
         } else {
             cli.remote
                 .filter(|r| !r.is_empty())
-                .or_else(|| url_before_bare_remote(std::env::args().skip(1)))
+                .or_else(|| {
+                    // Only for a bare `--remote`. An argument that is not UTF-8 (a path) is
+                    // never a URL: it stands in as "-", which is never taken for one either.
+                    let bare = bare_remote;
+                    let args = std::env::args_os()
+                        .skip(1)
+                        .map(|a| a.into_string().unwrap_or_else(|_| "-".into()));
+                    bare.then(|| url_before_bare_remote(args)).flatten()
+                })
                 .or_else(|| std::env::var("ENVSNAP_REMOTE").ok())
                 .filter(|r| !r.is_empty())
         },

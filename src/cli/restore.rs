@@ -163,13 +163,20 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
     };
     let mut result = dispatch(&found);
     // The local store is the remote's cache: an object in it found damaged (and moved aside) or
-    // gone since the pull is fetched from the remote again, and the restore runs once more (a
-    // failed restore left nothing behind, so this is a plain rerun).
-    if let (Some(r), Some(rref), Err(e)) = (&remote, &pulled, &result) {
-        if let Some(id) = damaged_object(e) {
-            if !a.dry_run && refetch(ctx, &store, r, rref, &id, e)? {
-                result = dispatch(&found);
-            }
+    // gone since the pull is fetched from the remote again, and the restore runs once more: a
+    // failed tree restore left nothing behind, and an apt restore fails on objects before it
+    // merges anything into dpkg's state, so either is a plain rerun (as after a kill).
+    // Bounded: each round must name an object not seen before (a snapshot may have several
+    // damaged ones), and a failing refetch is the restore's error, reported like any other.
+    let mut refetched = std::collections::HashSet::new();
+    while let (Some(r), Some(rref), Err(e)) = (&remote, &pulled, &result) {
+        let Some(id) = damaged_object(e).filter(|id| !a.dry_run && refetched.insert(*id)) else {
+            break;
+        };
+        match refetch(ctx, &store, r, rref, &id, e) {
+            Ok(true) => result = dispatch(&found),
+            Ok(false) => break,
+            Err(e) => result = Err(e),
         }
     }
     // $GITHUB_OUTPUT says "hit" only once the tree is in place; a failed or refused restore
@@ -604,10 +611,13 @@ fn refetch(
     id: &envsnap::store::ObjectId,
     why: &Error,
 ) -> Result<bool> {
+    // Index writes are the restore's data here, not bookkeeping: wait as the pull does.
+    store.index().set_busy_timeout(envsnap::index::BUSY_TIMEOUT)?;
     if store.objects.exists(id) {
         envsnap::restore::link::quarantine(store, id)?;
     }
     ctx.ui.warn(format!("{why}: fetching it from {} again", remote.url()));
     let (_, rep) = remote.pull(store, rref)?;
+    store.index().set_busy_timeout(envsnap::events::RECORD_WAIT)?;
     Ok(rep.objects > 0)
 }

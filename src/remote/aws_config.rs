@@ -62,24 +62,26 @@ pub fn resolve(env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, String>
         .or_else(|| prop("region"))
         .unwrap_or_else(|| DEFAULT_REGION.into());
 
-    let ignore = |v: Option<String>| v.is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let endpoint =
-        if ignore(env("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")) || ignore(prop("ignore_configured_endpoint_urls")) {
-            Some(AWS_DEFAULT_ENDPOINT.to_string())
-        } else {
-            env("AWS_ENDPOINT_URL_S3")
-                .or_else(|| env("AWS_ENDPOINT_URL"))
-                .or_else(|| {
-                    let services = config.get(&format!("services {}", prop("services")?))?;
-                    services
-                        .nested
-                        .get("s3")?
-                        .get("endpoint_url")
-                        .filter(|v| !v.is_empty())
-                        .cloned()
-                })
-                .or_else(|| prop("endpoint_url"))
-        };
+    // The variable, when set, decides (`false` there overrides `true` in the profile).
+    let ignore = env("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")
+        .or_else(|| prop("ignore_configured_endpoint_urls"))
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let endpoint = if ignore {
+        Some(AWS_DEFAULT_ENDPOINT.to_string())
+    } else {
+        env("AWS_ENDPOINT_URL_S3")
+            .or_else(|| env("AWS_ENDPOINT_URL"))
+            .or_else(|| {
+                let services = config.get(&format!("services {}", prop("services")?))?;
+                services
+                    .nested
+                    .get("s3")?
+                    .get("endpoint_url")
+                    .filter(|v| !v.is_empty())
+                    .cloned()
+            })
+            .or_else(|| prop("endpoint_url"))
+    };
     Ok(Settings { region, endpoint })
 }
 
@@ -126,7 +128,8 @@ struct Section {
 fn parse(text: &str) -> HashMap<String, Section> {
     let mut out: HashMap<String, Section> = HashMap::new();
     let mut section: Option<String> = None;
-    let mut parent: Option<String> = None;
+    // The key lines may be nested under, and that key line's indent.
+    let mut parent: Option<(String, usize)> = None;
     for line in text.lines() {
         let t = line.trim();
         if t.is_empty() || t.starts_with('#') || t.starts_with(';') {
@@ -144,13 +147,16 @@ fn parse(text: &str) -> HashMap<String, Section> {
         };
         let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_string());
         let s = out.entry(s.clone()).or_default();
+        // configparser: a line continues the key above it only when indented deeper than it,
+        // so a uniformly indented section is plain keys.
+        let indent = line.len() - line.trim_start().len();
         match &parent {
-            Some(p) if line.starts_with([' ', '\t']) => {
+            Some((p, pi)) if indent > *pi => {
                 s.nested.entry(p.clone()).or_default().insert(k, v);
             }
             _ => {
                 s.props.insert(k.clone(), v);
-                parent = Some(k);
+                parent = Some((k, indent));
             }
         }
     }
@@ -194,6 +200,10 @@ endpoint_url = http://plain:9000
 [profile ignoring]
 endpoint_url = http://plain:9000
 ignore_configured_endpoint_urls = true
+
+[profile indented]
+  region = eu-north-1
+  endpoint_url = http://indented:9000
 ";
 
     #[test]
@@ -215,6 +225,22 @@ ignore_configured_endpoint_urls = true
         assert_eq!(
             with(&f, &[("AWS_PROFILE", "ignoring")]),
             Ok(s("us-east-1", Some(AWS_DEFAULT_ENDPOINT)))
+        );
+        // The variable set to false overrides the profile's true.
+        assert_eq!(
+            with(
+                &f,
+                &[
+                    ("AWS_PROFILE", "ignoring"),
+                    ("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "false")
+                ]
+            ),
+            Ok(s("us-east-1", Some("http://plain:9000")))
+        );
+        // Uniformly indented keys are keys, not continuations of the first (configparser).
+        assert_eq!(
+            with(&f, &[("AWS_PROFILE", "indented")]),
+            Ok(s("eu-north-1", Some("http://indented:9000")))
         );
         let env = [
             ("AWS_PROFILE", "ci"),

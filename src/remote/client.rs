@@ -100,9 +100,13 @@ impl Client {
                 // temp dir sits beside the layout, on the same filesystem, outside every
                 // prefix envsnap lists.
                 let tmp = path.join(super::layout::TMP_DIR);
-                let b = opendal::services::Fs::default()
-                    .root(&root.to_string_lossy())
-                    .atomic_write_dir(&tmp.to_string_lossy());
+                let mut b = opendal::services::Fs::default().root(&root.to_string_lossy());
+                // A remote this user may only read (a read-only mount, another user's cache)
+                // cannot hold the temp dir, and needs none: restores work without it, and a
+                // write fails on its own with a clear error.
+                if std::fs::create_dir_all(&tmp).is_ok() {
+                    b = b.atomic_write_dir(&tmp.to_string_lossy());
+                }
                 Operator::new(b).map_err(bad)?
             }
         };

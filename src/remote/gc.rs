@@ -113,6 +113,10 @@ type Entries = Vec<(ObjectId, Loc)>;
 /// Live bytes copied in one go before new packs are written (bounded memory).
 const REPACK_BATCH: u64 = 64 << 20;
 
+/// A file:// remote's temp file younger than this may be a live writer's (see
+/// `sweep_temp_files`), whatever `--grace` says.
+const TEMP_FILE_MIN_AGE: Duration = Duration::from_secs(3600);
+
 /// More index files than this are merged into one by gc.
 const MAX_INDEX_FILES: usize = 16;
 
@@ -130,6 +134,8 @@ impl Remote {
     /// (`client.rs`): a writer killed mid-object leaves its temp file behind. Those untouched
     /// for the grace period belong to no live writer.
     fn sweep_temp_files(&self, grace: Duration, dry_run: bool) -> Result<u64> {
+        // However short `--grace` is, a large pack being written is not cut off mid-write.
+        let grace = grace.max(TEMP_FILE_MIN_AGE);
         let super::url::Scheme::File { path } = &self.client.url.scheme else {
             return Ok(0);
         };

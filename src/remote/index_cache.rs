@@ -105,6 +105,22 @@ impl IndexCache {
     /// List `index/` on the remote (one request), download the files not cached yet (in
     /// parallel), verify and keep them; forget files the remote no longer has.
     pub async fn refresh(&mut self, client: &Client) -> Result<()> {
+        // gc writes a replacement index file before it deletes the ones it replaces: a file
+        // that vanished between the listing and its download means a newer listing names its
+        // replacement. A few rounds settle it (each loses only to another gc run).
+        for _ in 0..4 {
+            if self.refresh_once(client).await? {
+                return Ok(());
+            }
+        }
+        Err(crate::error::Error::Remote(format!(
+            "remote {}: its index files kept changing while they were read (gc running in a loop?): try again",
+            client.url
+        )))
+    }
+
+    /// One listing and download round; `Ok(false)`: a listed file was gone when read.
+    async fn refresh_once(&mut self, client: &Client) -> Result<bool> {
         use futures::StreamExt;
         let listed = client.list("index/").await?;
         let names: Vec<String> = listed
@@ -119,22 +135,28 @@ impl IndexCache {
             let _ = std::fs::remove_file(self.dir.join("index").join(g));
         }
         let new: Vec<String> = names.into_iter().filter(|n| !self.files.contains_key(n)).collect();
-        let fetched: Vec<Result<Fetched>> = futures::stream::iter(new)
+        let fetched: Vec<Result<Option<Fetched>>> = futures::stream::iter(new)
             .map(|name| async move {
-                let bytes = client.read(&layout::index_path(&name)).await?;
+                let Some(bytes) = client.read_opt(&layout::index_path(&name)).await? else {
+                    return Ok(None);
+                };
                 let locs = decode_index(&name, &bytes)?;
-                Ok((name, bytes, locs))
+                Ok(Some((name, bytes, locs)))
             })
             .buffer_unordered(super::client::CONCURRENCY)
             .collect()
             .await;
+        let mut whole = true;
         for f in fetched {
-            let (name, bytes, locs) = f?;
+            let Some((name, bytes, locs)) = f? else {
+                whole = false;
+                continue;
+            };
             self.keep(&name, &bytes)?;
             self.files.insert(name, locs);
         }
         self.rebuild();
-        Ok(())
+        Ok(whole)
     }
 
     /// Record an index file this process wrote (already on the remote).
