@@ -137,8 +137,9 @@ fn main() {
     ));
     let venv = target.join("bench-fixtures/venv/.venv");
     build_venv(&target.join("fixtures"), &venv);
-    let work = target.join("bench-work-remote");
-    let _ = std::fs::remove_dir_all(&work);
+    // A new directory per invocation; old ones are deleted only after the measurements (see
+    // the note on ext4 and recently deleted inodes below).
+    let work = target.join(format!("bench-work-remote-{}", std::process::id()));
     std::fs::create_dir_all(&work).unwrap();
     let (v, w, b) = (
         venv.display().to_string(),
@@ -227,12 +228,15 @@ fn main() {
 
         // Fresh runner: empty local store, restore to another path.
         sh(&format!(
-            "rm -rf {w}/fresh {w}/out {w}/out-tar && mkdir -p {w}/out-tar && sync"
+            // Nothing is deleted between runs: ext4 walks recently deleted inodes on every
+            // file it creates for seconds after a large `rm -rf`, which slowed whichever side
+            // ran next several-fold. Each run gets its own directories, as a fresh runner has.
+            "mkdir -p {w}/out-tar{run} && sync"
         ));
         let t = Instant::now();
         let r = serde_json::from_str::<serde_json::Value>(
             sh(&format!(
-                "{env} {b} --store {w}/fresh --remote s3://bench/r{store} --json restore {w}/out/.venv --key venv"
+                "{env} {b} --store {w}/fresh{run} --remote s3://bench/r{store} --json restore {w}/out{run}/.venv --key venv"
             ))
             .trim(),
         )
@@ -246,24 +250,24 @@ fn main() {
             tar_bytes,
             &work.join("dl.tar.zst"),
         );
-        sh(&format!("zstd -d -q -c {w}/dl.tar.zst | tar -C {w}/out-tar -xf -"));
+        sh(&format!("zstd -d -q -c {w}/dl.tar.zst | tar -C {w}/out-tar{run} -xf -"));
         down_tar.push(t.elapsed().as_secs_f64());
 
         // Restore → install one package → save, from the fresh runner's store.
         sh(&format!(
-            "{w}/out/.venv/bin/pip install -q --disable-pip-version-check --no-index --find-links {}/fixtures/bench-wheelhouse attrs==24.2.0",
+            "{w}/out{run}/.venv/bin/pip install -q --disable-pip-version-check --no-index --find-links {}/fixtures/bench-wheelhouse attrs==24.2.0",
             target.display()
         ));
         incr = serde_json::from_str(
             sh(&format!(
-                "{env} {b} --store {w}/fresh --remote s3://bench/r{store} --json save venv {w}/out/.venv --key venv"
+                "{env} {b} --store {w}/fresh{run} --remote s3://bench/r{store} --json save venv {w}/out{run}/.venv --key venv"
             ))
             .trim(),
         )
         .unwrap();
         unchanged = serde_json::from_str(
             sh(&format!(
-                "{env} {b} --store {w}/fresh --remote s3://bench/r{store} --json save venv {w}/out/.venv --key venv"
+                "{env} {b} --store {w}/fresh{run} --remote s3://bench/r{store} --json save venv {w}/out{run}/.venv --key venv"
             ))
             .trim(),
         )
@@ -300,5 +304,9 @@ fn main() {
         unchanged["remote"]["requests"],
         unchanged["remote"]["bytes_up"].as_f64().unwrap() / 1e3
     );
-    let _ = std::fs::remove_dir_all(&work);
+    for e in std::fs::read_dir(&target).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("bench-work-remote") {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
