@@ -307,6 +307,8 @@ impl Remote {
                 let (pack, objs) = &missing[0];
                 return Err(missing_pack(&self.url(), pack, key, &objs[0].0));
             }
+            // Those packs were not read after all: the retry counts where the objects are now.
+            report.packs -= missing.len() as u64;
             todo.clear();
             for (pack, objs) in missing {
                 gone.insert(pack);
