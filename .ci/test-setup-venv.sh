@@ -52,10 +52,19 @@ if [ ! -e "$wh/.done" ]; then
   touch "$wh/.done"
 fi
 
-if [ "${ENVSNAP_BENCH:-0}" = 1 ] && [ ! -e "$fx/bench-wheelhouse/.done" ]; then
-  mkdir -p "$fx/bench-wheelhouse"
-  "$fx/tools/bin/pip" download -q --disable-pip-version-check -d "$fx/bench-wheelhouse" \
-    -r "$here/benches/venv-requirements.txt" pip==24.3.1 attrs==24.2.0 >&2
-  touch "$fx/bench-wheelhouse/.done"
+# benches/venv.rs and benches/remote.rs: the benchmark venv's wheels, for this interpreter's tag
+# (the benches pass the interpreter they discovered as ENVSNAP_TEST_PYTHON).
+bwh="$fx/bench-wheelhouse-$tag"
+if [ "${ENVSNAP_BENCH:-0}" = 1 ] && [ ! -e "$bwh/.done" ] && [ -e "$fx/bench-wheelhouse/.done" ] &&
+  compgen -G "$fx/bench-wheelhouse/numpy-*-$tag-*.whl" >/dev/null; then
+  cp -a "$fx/bench-wheelhouse" "$bwh"
+fi
+if [ "${ENVSNAP_BENCH:-0}" = 1 ] && [ ! -e "$bwh/.done" ]; then
+  rm -rf "$bwh" && mkdir -p "$bwh"
+  "$fx/tools/bin/pip" download -q --disable-pip-version-check --only-binary=:all: \
+    --python-version "$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" \
+    --implementation cp --abi "$tag" --abi abi3 --abi none \
+    -d "$bwh" -r "$here/benches/venv-requirements.txt" pip==24.3.1 attrs==24.2.0 >&2
+  touch "$bwh/.done"
 fi
 echo "$fx"

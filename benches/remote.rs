@@ -4,54 +4,17 @@
 //! 8 parallel ranged GETs, then `zstd -d | tar -x`.
 //!
 //! Run: `cargo bench --bench remote` (ENVSNAP_BENCH_RUNS=N, default 3). Fixtures as for
-//! benches/venv.rs, plus moto from `.ci/test-setup-moto.sh`.
+//! benches/venv.rs (the same discovered interpreter, `$ENVSNAP_BENCH_PYTHON` to choose it), plus
+//! moto from `.ci/test-setup-moto.sh`.
 
+mod common;
+
+use common::{median, sh};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
-    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-/// A cp311 interpreter with venv support on PATH.
-fn python311() -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap();
-    std::env::split_paths(&path)
-        .map(|d| d.join("python3.11"))
-        .find(|p| {
-            Command::new(p)
-                .args(["-c", "import venv, ensurepip"])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .expect("python3.11 with venv on PATH")
-}
-
-fn build_venv(fixtures: &Path, venv: &Path) {
-    if venv.join(".complete").exists() {
-        return;
-    }
-    let _ = std::fs::remove_dir_all(venv);
-    let req = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/venv-requirements.txt");
-    sh(&format!("{} -m venv {}", python311().display(), venv.display()));
-    sh(&format!(
-        "{}/bin/pip install -q --disable-pip-version-check --no-index --find-links {}/bench-wheelhouse -r {}",
-        venv.display(),
-        fixtures.display(),
-        req.display()
-    ));
-    std::fs::write(venv.join(".complete"), b"").unwrap();
-}
 
 struct Moto(Child);
 
@@ -123,20 +86,13 @@ fn main() {
         .unwrap_or(3);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let target = root.join("target");
-    let st = Command::new(root.join(".ci/test-setup-venv.sh"))
-        .arg(&target)
-        .env("ENVSNAP_BENCH", "1")
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "fixture setup failed");
     let moto = sh(&format!(
         "{}/.ci/test-setup-moto.sh {}",
         root.display(),
         target.display()
     ));
-    let venv = target.join("bench-fixtures/venv/.venv");
-    build_venv(&target.join("fixtures"), &venv);
+    let bv = common::setup(&target);
+    let venv = bv.venv.clone();
     // A new directory per invocation; old ones are deleted only after the measurements (see
     // the note on ext4 and recently deleted inodes below).
     let work = target.join(format!("bench-work-remote-{}", std::process::id()));
@@ -255,8 +211,8 @@ fn main() {
 
         // Restore → install one package → save, from the fresh runner's store.
         sh(&format!(
-            "{w}/out{run}/.venv/bin/pip install -q --disable-pip-version-check --no-index --find-links {}/fixtures/bench-wheelhouse attrs==24.2.0",
-            target.display()
+            "{w}/out{run}/.venv/bin/pip install -q --disable-pip-version-check --no-index --find-links {} attrs==24.2.0",
+            bv.wheelhouse.display()
         ));
         incr = serde_json::from_str(
             sh(&format!(

@@ -3,42 +3,17 @@
 //! `actions/cache` runs: `tar --posix | zstd -T0` and `zstd -d | tar -x`.
 //! Restores go to another path, so every restore includes the venv fixups and smoke test.
 //!
-//! Run: `cargo bench --bench venv` (ENVSNAP_BENCH_RUNS=N, default 3). The wheels are downloaded
-//! once by `.ci/test-setup-venv.sh` (ENVSNAP_BENCH=1) and the venv is built once, under
-//! target/fixtures/ and target/bench-fixtures/.
+//! Run: `cargo bench --bench venv` (ENVSNAP_BENCH_RUNS=N, default 3). The interpreter is
+//! `$ENVSNAP_BENCH_PYTHON`, else `python3` on PATH, else a discovered CPython 3.10–3.12
+//! (benches/common). The wheels are downloaded once by `.ci/test-setup-venv.sh`
+//! (ENVSNAP_BENCH=1) and the venv is built once, under target/fixtures/ and target/bench-fixtures/.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{median, sh};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
-
-const PY311: &str = "/root/.pyenv/versions/3.11.7/bin/python3.11";
-
-fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
-    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-fn build_venv(fixtures: &Path, venv: &Path) {
-    if venv.join(".complete").exists() {
-        return;
-    }
-    let _ = std::fs::remove_dir_all(venv);
-    let req = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/venv-requirements.txt");
-    sh(&format!("{PY311} -m venv {}", venv.display()));
-    sh(&format!(
-        "{}/bin/pip install -q --disable-pip-version-check --no-index --find-links {}/bench-wheelhouse -r {}",
-        venv.display(),
-        fixtures.display(),
-        req.display()
-    ));
-    std::fs::write(venv.join(".complete"), b"").unwrap();
-}
 
 fn main() {
     // `cargo test --all-targets` also runs harness = false benches, without `--bench`.
@@ -50,16 +25,9 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let target = root.join("target");
-    let st = Command::new(root.join(".ci/test-setup-venv.sh"))
-        .arg(&target)
-        .env("ENVSNAP_BENCH", "1")
-        .status()
-        .unwrap();
-    assert!(st.success(), "fixture setup failed");
-    let venv = target.join("bench-fixtures/venv/.venv");
-    build_venv(&target.join("fixtures"), &venv);
+    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");
+    let bv = common::setup(&target);
+    let venv = bv.venv.clone();
     let work = target.join("bench-work-venv");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).unwrap();
@@ -159,11 +127,11 @@ fn main() {
 
     // One package more: only its files are new.
     sh(&format!(
-        "{v}/bin/pip install -q --disable-pip-version-check --no-index --find-links {}/fixtures/bench-wheelhouse attrs==24.2.0",
-        target.display()
+        "{v}/bin/pip install -q --disable-pip-version-check --no-index --find-links {} attrs==24.2.0",
+        bv.wheelhouse.display()
     ));
     let out = sh(&format!("{b} -q --json --store {w}/store save venv {v} --key k2"));
-    let sp = format!("{v}/lib/python3.11/site-packages");
+    let sp = bv.site_packages().display().to_string();
     let attrs_installed = sh(&format!(
         "find {sp}/attr {sp}/attrs {sp}/attrs-24.2.0.dist-info -type f | wc -l"
     ));
@@ -172,8 +140,9 @@ fn main() {
     let attrs_files = j["new_objects"].as_u64().unwrap_or(0);
 
     println!(
-        "\nvenv: {} MB, {files} files (benches/venv-requirements.txt, CPython 3.11.7)\n",
-        size / 1_000_000
+        "\nvenv: {} MB, {files} files (benches/venv-requirements.txt, CPython {})\n",
+        size / 1_000_000,
+        bv.python.version
     );
     println!("| operation | median (s) | runs |");
     println!("|---|---:|---|");

@@ -54,7 +54,9 @@ print(json.dumps({'exe': os.path.realpath(sys.executable), \
 'version': '%d.%d.%d' % sys.version_info[:3], 'impl': sys.implementation.name, \
 'prefix': os.path.realpath(sys.base_prefix), 'in_venv': sys.prefix != sys.base_prefix, 'venv': ok}))";
 
-fn probe(cand: &Path) -> Option<Python> {
+/// `cand` (a path, or a name looked up on PATH) when it runs a CPython installation (not a
+/// venv's interpreter): what it is, its symlinks and shims resolved.
+pub fn probe(cand: &Path) -> Option<Python> {
     let out = Command::new(cand)
         .args(["-I", "-c", PROBE])
         .stdin(Stdio::null())
