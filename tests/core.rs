@@ -723,12 +723,7 @@ fn store_survives_a_tar_round_trip_like_a_ci_cache_step() {
 
 #[test]
 fn ownership_is_restored_when_running_as_root() {
-    if !is_root() {
-        eprintln!("SKIPPED: needs root to create files owned by another user");
-        assert!(
-            std::env::var_os("ENVSNAP_REQUIRE_ROOT_TESTS").is_none(),
-            "root tests are required here"
-        );
+    if !require_root("creating files owned by another user") {
         return;
     }
     let d = tmp();

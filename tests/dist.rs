@@ -423,11 +423,16 @@ impl Job {
     }
 }
 
+/// A build output of 20 files, then a pause: a file changed within a second of a save is racy
+/// (src/save.rs: not stat-cached, so the next save reads it again and is not "unchanged"). A
+/// real job builds long before its save step; without the pause the test raced the action's
+/// install step, which can take under a second (it did as a plain user, no pyenv shims on PATH).
 fn write_tree(dir: &Path) {
     std::fs::create_dir_all(dir.join("lib")).unwrap();
     for i in 0..20 {
         std::fs::write(dir.join(format!("lib/m{i}.txt")), format!("module {i}\n")).unwrap();
     }
+    std::thread::sleep(std::time::Duration::from_millis(1100));
 }
 
 fn out<'a>(r: &'a ActionRun, name: &str) -> &'a str {
