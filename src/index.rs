@@ -356,6 +356,7 @@ impl Index {
 
     fn open_with(path: &Path, exclusive: bool) -> Result<Self> {
         let err = |e| Error::index(path, e);
+        writable_wal_files(path);
         let conn = Connection::open(path).map_err(err)?;
         let patience = BUSY_TIMEOUT;
         conn.busy_timeout(patience).map_err(err)?;
@@ -940,6 +941,32 @@ fn too_new(path: &Path, have: i64) -> Error {
     ))
 }
 
+/// SQLite creates the `-wal` and `-shm` files with the index's mode. Made while the index was
+/// read-only (0444: chmod by hand, a cache step that kept the modes of a read-only copy), they
+/// stayed 0444 when the index was made writable again, and every write after that failed with
+/// "attempt to write a readonly database" for good. Ours and read-only while the index is
+/// writable by us: they get the index's mode, as SQLite would have made them. Best effort.
+fn writable_wal_files(path: &Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let Ok(db) = std::fs::metadata(path) else {
+        return;
+    };
+    if db.uid() != me || db.mode() & 0o200 == 0 {
+        return;
+    }
+    for suffix in ["-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        if let Ok(m) = std::fs::symlink_metadata(&p) {
+            if m.is_file() && m.uid() == me && m.mode() & 0o200 == 0 {
+                let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(db.mode() & 0o666));
+            }
+        }
+    }
+}
+
 fn is_read_only(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ReadOnly)
 }
@@ -1367,6 +1394,30 @@ mod tests {
             idx.conn.execute_batch(undo).unwrap();
         }
         idx.manifest(id).unwrap();
+    }
+
+    #[test]
+    fn wal_files_made_while_the_index_was_read_only_are_writable_once_it_is() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join(INDEX_FILE);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let side = |s: &str| PathBuf::from(format!("{}{s}", p.display()));
+        drop(Index::open(&p).unwrap());
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o444)).unwrap();
+        // A restore from the read-only index: SQLite makes its -wal and -shm with mode 0444.
+        let ro = Index::open(&p).unwrap();
+        assert!(side("-shm").exists(), "the read-only open made no -shm");
+        assert_eq!(mode(&side("-shm")), 0o444);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let rw = Index::open(&p).unwrap();
+        for s in ["-wal", "-shm"] {
+            if side(s).exists() {
+                assert_eq!(mode(&side(s)), 0o644, "{s}");
+            }
+        }
+        rw.conn.execute_batch("CREATE TABLE t (x)").unwrap();
+        drop((ro, rw));
     }
 
     #[test]

@@ -155,12 +155,31 @@ fn every_ci_example_in_the_docs_passes_its_platform_schema() {
     }
 }
 
+/// The examples run `python` as their runners have it (actions/setup-python, GitLab's and
+/// CircleCI's Python images); a Debian machine has only `python3` unless python-is-python3 is
+/// installed. A directory with `python` -> the first `python3` on PATH, for the end of PATH.
+fn python_alias(dir: &Path, path: &str) -> PathBuf {
+    if let Some(py3) = std::env::split_paths(path)
+        .map(|d| d.join("python3"))
+        .find(|p| p.is_file())
+    {
+        std::os::unix::fs::symlink(py3, dir.join("python")).unwrap();
+    }
+    dir.to_path_buf()
+}
+
 #[test]
 fn every_ci_example_in_the_docs_runs_as_written_on_a_miss_then_hits() {
     let Some(tools) = tools() else { return };
     let py = tools.join("python3");
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_envsnap")).parent().unwrap().to_path_buf();
-    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let path = std::env::var("PATH").unwrap_or_default();
+    let alias = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = format!(
+        "{}:{path}:{}",
+        bin_dir.display(),
+        python_alias(alias.path(), &path).display()
+    );
     let mut ran = 0;
     for ex in examples(&py) {
         // apt examples install real packages with apt-get as root: tests/apt.rs covers
