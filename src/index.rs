@@ -737,11 +737,13 @@ impl Index {
             .map_err(|e| self.err(e))
     }
 
-    /// Delete snapshots (their entries cascade) in one transaction.
+    /// Delete snapshots (their entries cascade) in one transaction. It reads before it writes,
+    /// so it takes the write lock at BEGIN: deferred, a save committing between its SELECT and
+    /// DELETE failed gc at once with "database is locked" (seen with gc beside saves).
     pub fn delete_snapshots(&mut self, ids: &[i64]) -> Result<()> {
         let path = self.path.clone();
         let err = |e| Error::index(&path, e);
-        let tx = self.conn.transaction().map_err(err)?;
+        let tx = self.begin_write()?;
         for id in ids {
             let m: Option<Option<i64>> = tx
                 .query_row("SELECT manifest FROM snapshots WHERE id = ?1", [id], |r| r.get(0))
