@@ -469,6 +469,21 @@ fn counts_of_one_are_singular() {
     );
     let o = envsnap(&store, &["gc"]);
     assert!(stderr(&o).contains("kept 1 snapshot,"), "{}", stderr(&o));
+    // And with a remote (it once said "1 keys, 2 objects in 1 packs").
+    let remote = format!("file://{}", d.path().join("remote").display());
+    let with_remote = |args: &[&str]| {
+        let mut a = vec!["--remote", remote.as_str()];
+        a.extend_from_slice(args);
+        stderr(&envsnap(&store, &a))
+    };
+    with_remote(&["save", "dir", src.to_str().unwrap(), "--key", "one"]);
+    let e = with_remote(&["verify"]);
+    assert!(e.contains(": 1 key, 1 object in 1 pack:"), "{e}");
+    let e = with_remote(&["gc", "--dry-run"]);
+    assert!(
+        e.contains("removed 0 keys (0 refs)") && e.contains("marked 0 packs"),
+        "{e}"
+    );
 }
 
 /// `restore` onto a regular file said a 0-byte file "is not empty", and `--force` left the old

@@ -1,6 +1,8 @@
 //! The remote store against a real S3 server (moto's, from PyPI, installed and cached by
-//! `.ci/test-setup-moto.sh`) and against `file://` remotes, via the real binary. Each test
-//! starts its own server on a free loopback port and stops it when done.
+//! `.ci/test-setup-moto.sh`), for the core round trips also against a second, independent one
+//! (s3s-fs, a Rust server from the crates registry that checks SigV4 signatures, built and
+//! cached by `.ci/test-setup-s3s.sh`), and against `file://` remotes, via the real binary.
+//! Each test starts its own servers on free loopback ports and stops them when done.
 
 mod common;
 
@@ -21,15 +23,15 @@ fn require(why: &str) {
     eprintln!("SKIP: {why}");
 }
 
-/// The moto_server binary, installed on first use (cached under target/fixtures).
-fn moto_bin() -> Option<&'static PathBuf> {
-    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BIN.get_or_init(|| {
+/// A server binary a `.ci/test-setup-*.sh` script installs on first use (cached under
+/// target/fixtures); the script prints its path.
+fn fixture_bin(cell: &'static OnceLock<Option<PathBuf>>, script: &str) -> Option<&'static PathBuf> {
+    cell.get_or_init(|| {
         let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().to_path_buf();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/test-setup-moto.sh");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci").join(script);
         let out = Command::new(&script).arg(&target).output().ok()?;
         if !out.status.success() {
-            eprintln!("moto setup failed: {}", String::from_utf8_lossy(&out.stderr));
+            eprintln!("{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr));
             return None;
         }
         Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
@@ -37,17 +39,65 @@ fn moto_bin() -> Option<&'static PathBuf> {
     .as_ref()
 }
 
+fn moto_bin() -> Option<&'static PathBuf> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    fixture_bin(&BIN, "test-setup-moto.sh")
+}
+
+fn s3s_bin() -> Option<&'static PathBuf> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    fixture_bin(&BIN, "test-setup-s3s.sh")
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A moto S3 server on 127.0.0.1, killed on drop.
+/// An S3 server on 127.0.0.1 (moto's, or s3s-fs over `_root`), killed on drop.
 struct S3 {
     child: Child,
     port: u16,
+    _root: Option<tempfile::TempDir>,
 }
 
 impl S3 {
+    /// s3s-fs serving a fresh directory, with bucket `bucket` (a directory in it). It accepts
+    /// only requests signed with the tests' key (`aws_env`).
+    fn start_s3s(bucket: &str) -> Option<S3> {
+        let Some(bin) = s3s_bin() else {
+            require("the s3s-fs S3 server could not be built (.ci/test-setup-s3s.sh)");
+            return None;
+        };
+        let root = tempfile::tempdir().unwrap();
+        fs::create_dir(root.path().join(bucket)).unwrap();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut c = Command::new(bin);
+            c.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--access-key", "testing", "--secret-key", "testing"])
+                .arg(root.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let mut child = c.spawn().expect("start s3s-fs");
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(20) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // port taken meanwhile: try another
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Some(S3 {
+                        child,
+                        port,
+                        _root: Some(root),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+        }
+        panic!("s3s-fs did not start");
+    }
+
     fn start() -> Option<S3> {
         Self::start_with(&[])
     }
@@ -67,7 +117,11 @@ impl S3 {
                 c.env(k, v);
             }
             let child = c.spawn().expect("start moto_server");
-            let mut s = S3 { child, port };
+            let mut s = S3 {
+                child,
+                port,
+                _root: None,
+            };
             let t0 = Instant::now();
             while t0.elapsed() < Duration::from_secs(60) {
                 if let Ok(Some(_)) = s.child.try_wait() {
@@ -177,6 +231,24 @@ impl Remote {
         v
     }
 
+    /// A bucket on s3s-fs: a second S3 implementation, stricter about signatures than moto.
+    fn s3s() -> Option<Remote> {
+        let s3 = S3::start_s3s("envsnap-test")?;
+        Some(Remote {
+            url: "s3://envsnap-test/ci/cache".into(),
+            env: s3.env(),
+            _s3: Some(s3),
+            _dir: None,
+        })
+    }
+
+    /// `both()` and s3s-fs: for the core round trips, lookups and concurrency.
+    fn all() -> Vec<Remote> {
+        let mut v = Remote::both();
+        v.extend(Remote::s3s());
+        v
+    }
+
     /// `envsnap --store STORE --remote URL ARGS…`.
     fn run(&self, store: &Path, args: &[&str]) -> Output {
         self.cmd(store, args).output().expect("run envsnap")
@@ -252,7 +324,7 @@ fn s(p: &Path) -> &str {
 /// empty local store), for S3 and file:// remotes.
 #[test]
 fn a_tree_round_trips_through_the_remote_to_an_empty_store() {
-    for r in Remote::both() {
+    for r in Remote::all() {
         let d = tempfile::tempdir().unwrap();
         let src = d.path().join("src");
         tree(&src);
@@ -321,7 +393,7 @@ fn lookup_asks_the_remote_exact_then_fallback_prefixes() {
 /// re-save uploads no pack and no manifest, in at most 3 requests.
 #[test]
 fn a_resave_uploads_only_what_the_remote_lacks() {
-    for r in Remote::both() {
+    for r in Remote::all() {
         let d = tempfile::tempdir().unwrap();
         let src = d.path().join("src");
         tree(&src);
@@ -616,15 +688,19 @@ fn xml_text(xml: &str, tag: &str) -> String {
 }
 
 impl Remote {
+    /// moto's port: raw requests go to moto unsigned. s3s-fs checks signatures, so its objects
+    /// are reached through the directory it serves, as a file:// remote's are.
     fn s3_port(&self) -> Option<u16> {
-        self._s3.as_ref().map(|s| s.port)
+        self._s3.as_ref().filter(|s| s._root.is_none()).map(|s| s.port)
     }
 
     /// The raw object path of `rel` (relative to the layout root) on the server.
     fn raw_path(&self, rel: &str) -> String {
-        match self.s3_port() {
-            Some(_) => format!("/envsnap-test/ci/cache/envsnap-v1/{rel}"),
-            None => format!("{}/envsnap-v1/{rel}", self.url.strip_prefix("file://").unwrap()),
+        let s3s_root = self._s3.as_ref().and_then(|s| s._root.as_ref());
+        match (self.s3_port(), s3s_root) {
+            (Some(_), _) => format!("/envsnap-test/ci/cache/envsnap-v1/{rel}"),
+            (None, Some(root)) => format!("{}/envsnap-test/ci/cache/envsnap-v1/{rel}", root.path().display()),
+            (None, None) => format!("{}/envsnap-v1/{rel}", self.url.strip_prefix("file://").unwrap()),
         }
     }
 
@@ -717,7 +793,7 @@ fn ref_name(key: &str, created_ns: u64, manifest: &str) -> String {
 /// newest is the last key in listing order (beyond S3's first page of 1,000), and wins.
 #[test]
 fn fallback_lookup_finds_the_newest_of_more_than_1000_refs() {
-    for r in Remote::both() {
+    for r in Remote::all() {
         let d = tempfile::tempdir().unwrap();
         let store = d.path().join("store");
         let (a, b) = (d.path().join("a"), d.path().join("b"));
@@ -1062,7 +1138,7 @@ fn noise_tree(root: &Path, n: usize, size: usize, seed: u64) {
 /// one of its writers saved (last writer wins for a shared key).
 #[test]
 fn concurrent_runners_save_and_restore_through_one_remote() {
-    for r in Remote::both() {
+    for r in Remote::all() {
         let d = tempfile::tempdir().unwrap();
         let seed_src = d.path().join("seed");
         noise_tree(&seed_src, 20, 20_000, 99);

@@ -131,21 +131,21 @@ fn remote_gc(ctx: &Ctx, store: &envsnap::Store, a: &GcArgs) -> Result<Outcome> {
         ));
     }
     ctx.ui.info(format!(
-        "gc {}{}: removed {} keys ({} refs), kept {}; marked {} packs and {} manifests; repacked {} packs ({}, {} live copied into {} new); deleted {} packs ({}) and {} manifests marked at least {} ago",
+        "gc {}{}: removed {} ({}), kept {}; marked {} and {}; repacked {} ({}, {} live copied into {} new); deleted {} ({}) and {} marked at least {} ago",
         remote.url(),
         if a.dry_run { " (dry run)" } else { "" },
-        r.removed_keys.len(),
-        r.removed_refs,
+        plural(r.removed_keys.len() as u64, "key"),
+        plural(r.removed_refs, "ref"),
         r.kept_keys,
-        r.marked_packs,
-        r.marked_manifests,
-        r.repacked_packs,
+        plural(r.marked_packs, "pack"),
+        plural(r.marked_manifests, "manifest"),
+        plural(r.repacked_packs, "pack"),
         bytes(r.repacked_bytes),
         bytes(r.repack_copied_bytes),
         r.repack_new_packs,
-        r.deleted_packs,
+        plural(r.deleted_packs, "pack"),
         bytes(r.deleted_pack_bytes),
-        r.deleted_manifests,
+        plural(r.deleted_manifests, "manifest"),
         humantime::format_duration(a.grace)
     ));
     if r.stale_temp_files > 0 {
@@ -296,11 +296,11 @@ fn remote_verify(ctx: &Ctx, remote: &envsnap::remote::Remote, deep: bool) -> Res
     ctx.ui.emit_json(&v);
     if r.problems.is_empty() {
         ctx.ui.info(format!(
-            "verified {}: {} keys, {} objects in {} packs: {}",
+            "verified {}: {}, {} in {}: {}",
             remote.url(),
-            r.keys,
-            r.objects,
-            r.packs,
+            plural(r.keys, "key"),
+            plural(r.objects, "object"),
+            plural(r.packs, "pack"),
             if deep {
                 format!("all present and intact ({} read and hashed)", bytes(r.checked_bytes))
             } else {
@@ -310,9 +310,9 @@ fn remote_verify(ctx: &Ctx, remote: &envsnap::remote::Remote, deep: bool) -> Res
         Ok(Outcome::Done)
     } else {
         eprintln!(
-            "envsnap: error: remote {} has {} problems (first: {}): save the affected keys again",
+            "envsnap: error: remote {} has {} (first: {}): save the affected keys again",
             remote.url(),
-            r.problems.len(),
+            plural(r.problems.len() as u64, "problem"),
             r.problems[0]
         );
         Ok(Outcome::Failed)
