@@ -94,6 +94,7 @@ impl S3 {
                 std::thread::sleep(Duration::from_millis(50));
             }
             let _ = child.kill();
+            let _ = child.wait();
         }
         panic!("s3s-fs did not start");
     }
