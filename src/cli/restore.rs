@@ -613,10 +613,17 @@ fn refetch(
 ) -> Result<bool> {
     // Index writes are the restore's data here, not bookkeeping: wait as the pull does.
     store.index().set_busy_timeout(envsnap::index::BUSY_TIMEOUT)?;
+    let state = match why {
+        Error::MissingObject { .. } => "gone from the local store",
+        _ => "damaged in the local store (kept in quarantine/ until `verify --repair`)",
+    };
     if store.objects.exists(id) {
         envsnap::restore::link::quarantine(store, id)?;
     }
-    ctx.ui.warn(format!("{why}: fetching it from {} again", remote.url()));
+    ctx.ui.warn(format!(
+        "object {id} is {state}: fetching it from {} again",
+        remote.url()
+    ));
     let (_, rep) = remote.pull(store, rref)?;
     store.index().set_busy_timeout(envsnap::events::RECORD_WAIT)?;
     Ok(rep.objects > 0)
