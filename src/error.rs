@@ -35,7 +35,7 @@ pub enum Error {
     Corrupt { id: String, path: PathBuf },
     /// An object the index references is not in the store. Typed so a cache layered over a
     /// remote store can fall through to the remote.
-    #[error("object {id} is missing from the store: run `envsnap verify`, then save again")]
+    #[error("object {id} is not in the local store: restore with the remote that holds it, or run `envsnap verify` and save again")]
     MissingObject { id: String },
     /// A snapshot entry that would write outside the target or through a symlink.
     #[error("refusing unsafe entry {path:?} in snapshot {key}: {why}")]

@@ -770,6 +770,14 @@ impl Index {
     }
 
     /// The (size, mtime, inode) recorded for an object, if any.
+    /// Whether this store has ever written an object (the `objects` table is not empty): a
+    /// store that caches keeps caching; an empty one is a fresh runner's.
+    pub fn has_objects(&self) -> Result<bool> {
+        self.conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM objects)", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+
     pub fn object_stat(&self, id: &ObjectId) -> Result<Option<ObjectStat>> {
         self.conn
             .prepare_cached("SELECT size, mtime_ns, ino FROM objects WHERE id = ?1")

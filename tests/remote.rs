@@ -339,12 +339,70 @@ fn a_tree_round_trips_through_the_remote_to_an_empty_store() {
         assert_eq!(got["hit"], "exact", "{}", r.url);
         assert!(got["remote"]["bytes_down"].as_u64().unwrap() > 0);
         assert_eq!(describe(&out), describe(&src), "{}", r.url);
-        // The snapshot is now in the fresh store too: verify passes, and a second restore
-        // reads nothing but the ref listing and the use record.
+        // A fresh runner's store (it never wrote an object) gets each file written once,
+        // straight into the tree: the objects are not kept in it.
+        let kept = walkdir::WalkDir::new(fresh.join("objects-v1"))
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_file())
+            .count();
+        assert_eq!(kept, 0, "{}: objects written to the store too", r.url);
+        // Without the remote that snapshot cannot be restored here, and says so.
+        let o = envsnap(&fresh, &["restore", s(&d.path().join("x")), "--key", "tree-1"]);
+        assert_eq!(code(&o), 2, "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("not in the local store: restore with the remote"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(!d.path().join("x").exists());
+        // A store that caches (here: one that saved) pulls what it lacks into itself, and a
+        // repeat restore from it downloads nothing.
+        r.json(&fresh, &["save", "dir", s(&out.join("pkg/sub")), "--key", "other"]);
+        for (n, down) in [(2, true), (3, false)] {
+            let again = r.json(
+                &fresh,
+                &["restore", s(&d.path().join(format!("out{n}"))), "--key", "tree-1"],
+            );
+            assert_eq!(again["remote"]["bytes_down"].as_u64().unwrap() > 0, down, "{again}");
+            assert_eq!(describe(&d.path().join(format!("out{n}"))), describe(&src), "{}", r.url);
+        }
         assert_eq!(code(&envsnap(&fresh, &["verify"])), 0);
-        let again = r.json(&fresh, &["restore", s(&d.path().join("out2")), "--key", "tree-1"]);
-        assert_eq!(again["remote"]["bytes_down"].as_u64().unwrap(), 0, "{again}");
     }
+}
+
+/// A fresh runner's restore leaves the objects only on the remote; if the remote drops them
+/// (the key deleted and gc'd) before the save after the restore, that save cannot upload
+/// files it did not read: it says so, and the next save reads them anew and uploads them.
+#[test]
+fn objects_a_direct_restore_never_kept_and_the_remote_dropped_are_read_again_by_the_next_save() {
+    let r = Remote::file();
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    tree(&src);
+    r.json(&d.path().join("a"), &["save", "dir", s(&src), "--key", "gone-soon"]);
+    let fresh = d.path().join("fresh");
+    let out = d.path().join("out");
+    r.json(&fresh, &["restore", s(&out), "--key", "gone-soon"]);
+    r.json(&d.path().join("a"), &["delete", "gone-soon"]);
+    for _ in 0..2 {
+        r.json(&d.path().join("a"), &["gc", "--grace", "0s", "--repack-threshold", "0"]);
+    }
+    assert!(r.raw_list("packs/").is_empty(), "{:?}", r.raw_list("packs/"));
+    // Past the racy window, so the restore's stat cache vouches for every file.
+    std::thread::sleep(Duration::from_millis(1100));
+    let o = r.run(&fresh, &["save", "dir", s(&out), "--key", "again"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("neither in the local store nor on the remote"),
+        "{}",
+        stderr(&o)
+    );
+    let again = r.json(&fresh, &["save", "dir", s(&out), "--key", "again"]);
+    assert!(again["remote"]["pushed"]["objects"].as_u64().unwrap() > 0, "{again}");
+    let back = d.path().join("back");
+    r.json(&d.path().join("fresh2"), &["restore", s(&back), "--key", "again"]);
+    assert_eq!(describe(&back), describe(&src));
 }
 
 /// Keys live on the remote: a key only in the local store is a miss with a remote configured

@@ -79,30 +79,50 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
         link: None,
         detail: None,
     };
-    let remote = ctx.open_remote(&store)?;
+    let remote = ctx.open_remote(&store)?.map(std::sync::Arc::new);
     // The remote snapshot pulled, so a damaged local copy can be fetched again (below).
     let mut pulled = None;
+    // A fresh runner's restore fetches what its store lacks straight into the tree.
+    let mut direct = None;
+    // The row that restore added to the local index, taken out again if the restore fails.
+    let mut added_row = None;
     let found = match &remote {
-        // Keys live on the remote: look up there, then bring the snapshot into the local store
-        // (only the objects it lacks), and restore from there like a local hit.
+        // Keys live on the remote: look up there and bring the snapshot into the local index.
         Some(r) => match r.lookup(&a.key, &a.fallbacks)? {
             None => None,
             Some((rref, hit)) => {
-                // A dry run fetches too (into the local cache only): plans are made from a
-                // local snapshot. It records no use.
                 // The pull commits the snapshot to the local index: that is the restore's
-                // data, not bookkeeping, so it waits as long as a save would.
+                // data, not bookkeeping, so it waits as long as a save would. A dry run plans
+                // from it and fetches nothing; it records no use.
                 store.index().set_busy_timeout(envsnap::index::BUSY_TIMEOUT)?;
-                let (snap, rep) = r.pull(&store, &rref)?;
+                let (mut snap, added) = r.pull_manifest(&store, &rref)?;
+                // A store that caches objects (a persistent one, or one a CI cache step brings
+                // back) caches these too: pulled into it, then linked or copied out, so a later
+                // restore here downloads nothing. A store that never wrote one is a fresh
+                // runner's: each file goes straight into the tree, written once. apt merges
+                // into a live root from the local store: always pulled.
+                let caches = store.index().has_objects()?;
+                if a.dry_run {
+                    // Plans come from the row alone.
+                } else if caches || snap.kind == "apt" {
+                    let (s, rep) = r.pull(&store, &rref)?;
+                    snap = s;
+                    ctx.ui.detail(format!(
+                        "fetched {} objects ({}) from {} packs in {} ranges from {}",
+                        rep.objects,
+                        bytes(rep.object_bytes),
+                        rep.packs,
+                        rep.ranges,
+                        r.url()
+                    ));
+                } else {
+                    direct = Some(std::sync::Arc::new(envsnap::remote::DirectSource::new(
+                        r.clone(),
+                        &rref.key,
+                    )));
+                    added_row = added.then(|| snap.clone());
+                }
                 store.index().set_busy_timeout(envsnap::events::RECORD_WAIT)?;
-                ctx.ui.detail(format!(
-                    "fetched {} objects ({}) from {} packs in {} ranges from {}",
-                    rep.objects,
-                    bytes(rep.object_bytes),
-                    rep.packs,
-                    rep.ranges,
-                    r.url()
-                ));
                 if !a.dry_run {
                     r.record_use(&rref)?;
                 }
@@ -114,10 +134,10 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
     };
     let Some((snap, hit)) = found else {
         github_output(&MISS_OUTPUTS)?;
-        let out = super::miss(ctx, &a.key, &a.fallbacks, None, remote.as_ref());
+        let out = super::miss(ctx, &a.key, &a.fallbacks, None, remote.as_deref());
         if !a.dry_run {
             event.seconds = start.elapsed().as_secs_f64();
-            super::manage::record_event(ctx, super::manage::event_log(&store, remote.as_ref()), &event);
+            super::manage::record_event(ctx, super::manage::event_log(&store, remote.as_deref()), &event);
         }
         return Ok(out);
     };
@@ -125,6 +145,9 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
     let opts = RestoreOptions {
         link: a.link,
         force: a.force,
+        source: direct
+            .clone()
+            .map(|d| restore::Source(d as std::sync::Arc<dyn restore::ObjectSource>)),
         ..Default::default()
     };
     ctx.ui.detail(format!(
@@ -153,7 +176,7 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
         opts,
         start,
         facts: Default::default(),
-        remote: remote.as_ref(),
+        remote: remote.as_deref(),
     };
     // Adapters restore their own kinds; everything else is a plain tree.
     let dispatch = |found: &Found| match snap.kind.as_str() {
@@ -162,6 +185,17 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
         _ => restore_dir(found),
     };
     let mut result = dispatch(&found);
+    if let (Some(d), Some(r)) = (&direct, &remote) {
+        let rep = d.report.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        ctx.ui.detail(format!(
+            "fetched {} objects ({}) from {} packs in {} ranges from {} straight into the tree",
+            rep.objects,
+            bytes(rep.object_bytes),
+            rep.packs,
+            rep.ranges,
+            r.url()
+        ));
+    }
     // The local store is the remote's cache: an object in it found damaged (and moved aside) or
     // gone since the pull is fetched from the remote again, and the restore runs once more: a
     // failed tree restore left nothing behind, and an apt restore fails on objects before it
@@ -177,6 +211,14 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
             Ok(true) => result = dispatch(&found),
             Ok(false) => break,
             Err(e) => result = Err(e),
+        }
+    }
+    // A failed direct restore leaves no local row naming objects nobody fetched.
+    if let (Err(_), Some(r), Some(row)) = (&result, &remote, &added_row) {
+        if let Err(e) = r.unpull(&store, row) {
+            ctx.ui.detail(format!(
+                "could not take the unrestored snapshot out of the local index: {e}"
+            ));
         }
     }
     // $GITHUB_OUTPUT says "hit" only once the tree is in place; a failed or refused restore
@@ -212,7 +254,7 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
         event.link = facts.link;
         event.detail = facts.detail;
         event.seconds = start.elapsed().as_secs_f64();
-        super::manage::record_event(ctx, super::manage::event_log(&store, remote.as_ref()), &event);
+        super::manage::record_event(ctx, super::manage::event_log(&store, remote.as_deref()), &event);
     }
     match result {
         // An adapter refused the snapshot it was given (its interpreter is gone, the base
@@ -222,7 +264,7 @@ pub fn run(ctx: &Ctx, mut a: RestoreArgs) -> Result<Outcome> {
             &a.key,
             &a.fallbacks,
             Some(&e.to_string()),
-            remote.as_ref(),
+            remote.as_deref(),
         )),
         r => r,
     }

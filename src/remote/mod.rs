@@ -30,7 +30,7 @@ pub mod url;
 
 pub use client::StatsReport;
 pub use layout::RefName;
-pub use sync::{PullReport, PushReport};
+pub use sync::{DirectSource, PullReport, PushReport};
 pub use url::RemoteUrl;
 
 use crate::error::{Error, IoContext, Result};

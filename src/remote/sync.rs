@@ -95,6 +95,14 @@ impl Remote {
                 needed.push((id, e.size));
             }
         }
+        let lost: HashSet<ObjectId> = needed
+            .iter()
+            .filter(|(id, _)| !store.objects.exists(id))
+            .map(|(id, _)| *id)
+            .collect();
+        if !lost.is_empty() {
+            return Err(self.lost(store, &lost));
+        }
         if !needed.is_empty() {
             let packs = self.upload_packs(store, &needed, &mut report)?;
             let (name, bytes) = pack::encode_index(&packs)?;
@@ -189,6 +197,19 @@ impl Remote {
         Ok(packs)
     }
 
+    /// Objects the snapshot names that neither the local store nor the remote holds: a restore
+    /// wrote them straight into a tree and the remote has dropped them since (gc). The stat
+    /// cache must not vouch for them again: the next save reads those files and uploads them.
+    fn lost(&self, store: &Store, lost: &HashSet<ObjectId>) -> Error {
+        let _ = store.index().retain_statcache(|o| !lost.contains(o));
+        let first = lost.iter().next().expect("some are lost");
+        Error::Remote(format!(
+            "remote {}: {} objects (e.g. {first}) are neither in the local store nor on the remote any more: save again (the files holding them are read anew)",
+            self.url(),
+            lost.len()
+        ))
+    }
+
     fn send_pack(
         &self,
         builder: PackBuilder,
@@ -210,6 +231,24 @@ impl Remote {
 
     /// Fetch the snapshot `r` names into the local store and index; returns its local row.
     pub fn pull(&self, store: &Store, r: &RefName) -> Result<(SnapshotRow, PullReport)> {
+        self.pull_with(store, r, true).map(|(row, rep, _)| (row, rep))
+    }
+
+    /// The snapshot `r` names committed to the local index, its objects not fetched: a restore
+    /// then fetches the ones the local store lacks straight into the tree it builds
+    /// ([`DirectSource`]), writing each file once. Also returns whether this call added the
+    /// row (a restore that fails then takes it out again: see [`Remote::unpull`]).
+    pub fn pull_manifest(&self, store: &Store, r: &RefName) -> Result<(SnapshotRow, bool)> {
+        self.pull_with(store, r, false).map(|(row, _, added)| (row, added))
+    }
+
+    /// Take out a row [`Remote::pull_manifest`] added, after the restore it was for failed:
+    /// the local index then holds no snapshot whose objects were never fetched.
+    pub fn unpull(&self, store: &Store, row: &SnapshotRow) -> Result<()> {
+        store.index().delete_snapshots(&[row.id])
+    }
+
+    fn pull_with(&self, store: &Store, r: &RefName, fetch: bool) -> Result<(SnapshotRow, PullReport, bool)> {
         let doc = self.docs(vec![r.manifest.clone()])?.pop().expect("one doc");
         let (row, manifest) = doc.to_snapshot(&r.key, r.created_ns)?;
         let mut report = PullReport {
@@ -226,10 +265,22 @@ impl Remote {
                 needed.push((id, e.mtime_ns));
             }
         }
-        let written = if needed.is_empty() {
+        let written = if needed.is_empty() || !fetch {
             Vec::new()
         } else {
-            self.fetch(store, &r.key, &needed, &mut report)?
+            let written: Mutex<Vec<(ObjectId, ObjectStat)>> = Mutex::new(Vec::new());
+            let into_store = |id: &ObjectId, content: &[u8], mtime: i64| -> Result<()> {
+                let t = filetime::FileTime::from_unix_time(
+                    mtime.div_euclid(1_000_000_000),
+                    mtime.rem_euclid(1_000_000_000) as u32,
+                );
+                if let Some(st) = store.objects.put_verified(id, content, t)? {
+                    written.lock().unwrap_or_else(|p| p.into_inner()).push((*id, st));
+                }
+                Ok(())
+            };
+            self.fetch(&r.key, &needed, &mut report, &into_store)?;
+            written.into_inner().unwrap_or_else(|p| p.into_inner())
         };
         let existing = store.index().same_snapshot(&row, &manifest)?;
         if existing.is_none() {
@@ -250,7 +301,7 @@ impl Remote {
                 r.key
             ))
         })?;
-        Ok((local, report))
+        Ok((local, report, existing.is_none()))
     }
 
     /// Returns the objects written, as written (for the index's object stats).
@@ -260,14 +311,7 @@ impl Remote {
     /// the grace period, while this process held the old index. Such objects are located again
     /// after one forced refresh of the index; only a pack that is still named afterwards and
     /// still missing is an error.
-    fn fetch(
-        &self,
-        store: &Store,
-        key: &str,
-        needed: &[(ObjectId, i64)],
-        report: &mut PullReport,
-    ) -> Result<Vec<(ObjectId, ObjectStat)>> {
-        let written: Mutex<Vec<(ObjectId, ObjectStat)>> = Mutex::new(Vec::new());
+    fn fetch(&self, key: &str, needed: &[(ObjectId, i64)], report: &mut PullReport, sink: Sink) -> Result<()> {
         let mut todo: Vec<(ObjectId, i64)> = needed.to_vec();
         let mut gone: HashSet<[u8; 32]> = HashSet::new();
         for attempt in 0..2 {
@@ -299,7 +343,7 @@ impl Remote {
             }
             drop(guard);
             report.packs += by_pack.len() as u64;
-            let missing = self.fetch_packs(store, by_pack, &written, report)?;
+            let missing = self.fetch_packs(by_pack, report, sink)?;
             if missing.is_empty() {
                 break;
             }
@@ -315,17 +359,29 @@ impl Remote {
                 todo.extend(objs.into_iter().map(|(id, _, mtime)| (id, mtime)));
             }
         }
-        Ok(written.into_inner().unwrap_or_else(|p| p.into_inner()))
+        Ok(())
+    }
+
+    /// Fetch objects (each verified) into `sink` instead of the local store; `key` names the
+    /// snapshot in errors.
+    pub fn fetch_objects(&self, key: &str, needed: &[(ObjectId, i64)], sink: Sink) -> Result<PullReport> {
+        let mut report = PullReport {
+            key: key.to_string(),
+            ..Default::default()
+        };
+        if !needed.is_empty() {
+            self.fetch(key, needed, &mut report, sink)?;
+        }
+        Ok(report)
     }
 
     /// Read the objects' coalesced ranges in parallel into the local store. Returns the packs
     /// that do not exist on the remote, with the objects that were wanted from them.
     fn fetch_packs(
         &self,
-        store: &Store,
         by_pack: BTreeMap<[u8; 32], Vec<Wanted>>,
-        written: &Mutex<Vec<(ObjectId, ObjectStat)>>,
         report: &mut PullReport,
+        sink: Sink,
     ) -> Result<Vec<([u8; 32], Vec<Wanted>)>> {
         // Coalesce each pack's ranges.
         let mut ranges: Vec<Span> = Vec::new();
@@ -367,7 +423,7 @@ impl Remote {
                     let Some((pack, start, end, objs)) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop() else {
                         break;
                     };
-                    match self.fetch_range(store, &pack, start, end, &objs, written) {
+                    match self.fetch_range(&pack, start, end, &objs, sink) {
                         Ok(Some(bytes)) => {
                             fetched.fetch_add(objs.len() as u64, std::sync::atomic::Ordering::Relaxed);
                             fetched_bytes.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
@@ -398,15 +454,7 @@ impl Remote {
     }
 
     /// Read one coalesced range, decompress and verify each object, add it to the local store.
-    fn fetch_range(
-        &self,
-        store: &Store,
-        pack: &[u8; 32],
-        start: u64,
-        end: u64,
-        objs: &[Wanted],
-        written: &Mutex<Vec<(ObjectId, ObjectStat)>>,
-    ) -> Result<Option<u64>> {
+    fn fetch_range(&self, pack: &[u8; 32], start: u64, end: u64, objs: &[Wanted], sink: Sink) -> Result<Option<u64>> {
         let name = pack::hex(pack);
         let path = layout::pack_path(&name);
         let Some(data) = self.client.block_on(self.client.read_range_opt(&path, start, end))?? else {
@@ -417,16 +465,44 @@ impl Remote {
             let a = (loc.offset - start) as usize;
             let frame = &data[a..a + loc.clen as usize];
             let content = pack::decompress_verified(frame, id, loc.size, &name)?;
-            let t = filetime::FileTime::from_unix_time(
-                mtime.div_euclid(1_000_000_000),
-                mtime.rem_euclid(1_000_000_000) as u32,
-            );
-            if let Some(st) = store.objects.put_verified(id, &content, t)? {
-                written.lock().unwrap_or_else(|p| p.into_inner()).push((*id, st));
-            }
+            sink(id, &content, *mtime)?;
             bytes += loc.size;
         }
         Ok(Some(bytes))
+    }
+}
+
+/// Where fetched objects go, each verified against its BLAKE3 and size first: (object,
+/// content, the mtime of its first entry). Called from several threads at once.
+pub type Sink<'a> = &'a (dyn Fn(&ObjectId, &[u8], i64) -> Result<()> + Sync);
+
+/// A remote as a restore's [`ObjectSource`](crate::restore::ObjectSource): the objects the
+/// local store lacks go straight into the restored tree, not into the local store first, so
+/// each file is written once.
+pub struct DirectSource {
+    remote: std::sync::Arc<Remote>,
+    key: String,
+    /// What the fetch moved, for the restore's summary.
+    pub report: Mutex<PullReport>,
+}
+
+impl DirectSource {
+    pub fn new(remote: std::sync::Arc<Remote>, key: &str) -> DirectSource {
+        DirectSource {
+            remote,
+            key: key.to_string(),
+            report: Mutex::new(PullReport::default()),
+        }
+    }
+}
+
+impl crate::restore::ObjectSource for DirectSource {
+    fn fetch(&self, wanted: &[(ObjectId, i64)], put: &(dyn Fn(&ObjectId, &[u8]) -> Result<()> + Sync)) -> Result<()> {
+        let rep = self
+            .remote
+            .fetch_objects(&self.key, wanted, &|id, content, _| put(id, content))?;
+        *self.report.lock().unwrap_or_else(|p| p.into_inner()) = rep;
+        Ok(())
     }
 }
 

@@ -208,6 +208,21 @@ pub fn materialize(
     Ok((used, stamp))
 }
 
+/// A file whose content came from elsewhere (a remote, already verified): created, written
+/// and given its attributes as a copy restore gives them.
+pub fn write_file(entry: &Entry, dest: &Path, content: &[u8], chown: bool) -> Result<Stamp> {
+    use std::io::Write;
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dest)
+        .at("create", dest)?;
+    out.write_all(content).at("write", dest)?;
+    set_file_attrs(&out, dest, entry, chown)?;
+    Ok(Stamp::of(&out.metadata().at("stat", dest)?))
+}
+
 /// The hardlink part of [`materialize`]: `Ok(None)` means "copy this one instead".
 fn hardlink(
     store: &Store,

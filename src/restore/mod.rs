@@ -16,6 +16,7 @@ use crate::index::SnapshotRow;
 use crate::progress::{self, Progress};
 use crate::repo::Store;
 use crate::snapshot::{Entry, EntryKind, Manifest};
+use crate::store::ObjectId;
 use link::{materialize, ns_to_filetime, set_xattrs};
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
@@ -33,6 +34,26 @@ pub struct RestoreOptions {
     pub force: bool,
     /// Restore owners (default: when running as root).
     pub chown: bool,
+    /// Where objects the local store lacks come from (a remote); without one they are an error.
+    pub source: Option<Source>,
+}
+
+/// Objects the local store lacks, delivered straight into the tree a restore builds, so each
+/// file is written once (a remote: `remote::DirectSource`).
+pub trait ObjectSource: Send + Sync {
+    /// Hand each of `wanted` (object, mtime of its first entry), verified, to `put` once;
+    /// `put` may be called from several threads at once.
+    fn fetch(&self, wanted: &[(ObjectId, i64)], put: &(dyn Fn(&ObjectId, &[u8]) -> Result<()> + Sync)) -> Result<()>;
+}
+
+/// An [`ObjectSource`] in [`RestoreOptions`].
+#[derive(Clone)]
+pub struct Source(pub std::sync::Arc<dyn ObjectSource>);
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Source(..)")
+    }
 }
 
 impl Default for RestoreOptions {
@@ -41,6 +62,7 @@ impl Default for RestoreOptions {
             link: LinkMode::Auto,
             force: false,
             chown: is_root(),
+            source: None,
         }
     }
 }
@@ -71,6 +93,8 @@ pub struct Plan {
     pub foreign_owners: u64,
     /// The first such entry: (path, uid, gid).
     pub foreign_example: Option<(String, u32, u32)>,
+    /// Where objects the local store lacks come from ([`RestoreOptions::source`]).
+    pub source: Option<Source>,
 }
 
 impl Plan {
@@ -167,11 +191,61 @@ pub fn plan(snapshot: &SnapshotRow, manifest: Manifest, dest: &Path, opts: &Rest
         force: opts.force,
         replaces,
         private_copies: HashSet::new(),
+        source: opts.source.clone(),
     })
 }
 
 fn rel_path(base: &Path, rel: &[u8]) -> PathBuf {
     base.join(OsStr::from_bytes(rel))
+}
+
+/// Files whose objects the local store lacks, fetched from `source` and written straight into
+/// the staged tree (one write each; every path sharing an object gets the same bytes).
+fn write_fetched(
+    source: &dyn ObjectSource,
+    entries: &[&Entry],
+    base: &Path,
+    chown: bool,
+    stats: &LinkStats,
+    progress: Option<&dyn Progress>,
+) -> Result<HashMap<Vec<u8>, Stamp>> {
+    let mut by_id: HashMap<ObjectId, Vec<&Entry>> = HashMap::new();
+    let mut wanted = Vec::new();
+    for e in entries {
+        let id = e.object.expect("files carry objects");
+        let users = by_id.entry(id).or_default();
+        if users.is_empty() {
+            wanted.push((id, e.mtime_ns));
+        }
+        users.push(e);
+    }
+    let stamps: std::sync::Mutex<HashMap<Vec<u8>, Stamp>> = Default::default();
+    let delivered: std::sync::Mutex<HashSet<ObjectId>> = Default::default();
+    source.fetch(&wanted, &|id, content| {
+        let Some(users) = by_id.get(id) else {
+            return Ok(()); // not asked for
+        };
+        if !delivered.lock().unwrap_or_else(|p| p.into_inner()).insert(*id) {
+            return Ok(());
+        }
+        for e in users {
+            let p = rel_path(base, &e.path);
+            let stamp = link::write_file(e, &p, content, chown)?;
+            stats.record(LinkUsed::Copy);
+            progress::with(progress, |pr| pr.inc(e.size));
+            stamps
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(e.path.clone(), stamp);
+        }
+        Ok(())
+    })?;
+    let delivered = delivered.into_inner().unwrap_or_else(|p| p.into_inner());
+    if let Some((id, _)) = wanted.iter().find(|(id, _)| !delivered.contains(id)) {
+        // The source reports its own failures; this is a source that skipped one.
+        return Err(Error::MissingObject { id: id.to_string() });
+    }
+    Ok(stamps.into_inner().unwrap_or_else(|p| p.into_inner()))
 }
 
 impl Plan {
@@ -208,7 +282,7 @@ impl Plan {
         // Files: one per hard-link group first (in parallel), then the other members as links.
         let stats = LinkStats::default();
         let mut leaders: HashMap<u64, &Entry> = HashMap::new();
-        let mut firsts = Vec::new();
+        let mut firsts: Vec<&Entry> = Vec::new();
         let mut followers = Vec::new();
         for e in self.manifest.files() {
             match e.link_group {
@@ -220,6 +294,17 @@ impl Plan {
                 None => firsts.push(e),
             }
         }
+        // With a source, what the local store lacks is fetched straight into place below.
+        let fetched: Vec<&Entry> = match &self.source {
+            Some(_) => {
+                let (here, elsewhere) = firsts
+                    .into_iter()
+                    .partition(|e| store.objects.exists(&e.object.expect("files carry objects")));
+                firsts = here;
+                elsewhere
+            }
+            None => Vec::new(),
+        };
         progress::with(progress, |p| p.start("restoring", self.bytes));
         let mut stamps: HashMap<Vec<u8>, Stamp> = firsts
             .par_iter()
@@ -235,6 +320,9 @@ impl Plan {
                 Ok((e.path.clone(), stamp))
             })
             .collect::<Result<_>>()?;
+        if let (Some(Source(source)), false) = (&self.source, fetched.is_empty()) {
+            stamps.extend(write_fetched(&**source, &fetched, &base, self.chown, &stats, progress)?);
+        }
         progress::with(progress, |p| p.finish());
         stats.record_checked(store)?;
         for e in &followers {
