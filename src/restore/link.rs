@@ -178,12 +178,7 @@ pub fn materialize(
             return Ok(done);
         }
     }
-    let mut out = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(dest)
-        .at("create", dest)?;
+    let mut out = create_private(dest)?;
     let mut used = LinkUsed::Copy;
     if matches!(mode, LinkMode::Auto | LinkMode::Reflink) && !stats.no_reflink.load(Ordering::Relaxed) {
         let mut obj = objects.open(&id)?;
@@ -208,16 +203,22 @@ pub fn materialize(
     Ok((used, stamp))
 }
 
-/// A file whose content came from elsewhere (a remote, already verified): created, written
-/// and given its attributes as a copy restore gives them.
-pub fn write_file(entry: &Entry, dest: &Path, content: &[u8], chown: bool) -> Result<Stamp> {
-    use std::io::Write;
-    let mut out = OpenOptions::new()
+/// A new file only its owner can read until its attributes are set (last): a restored secret
+/// is never readable by others meanwhile, and an existing file is never written through.
+fn create_private(dest: &Path) -> Result<File> {
+    OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(dest)
-        .at("create", dest)?;
+        .at("create", dest)
+}
+
+/// A file whose content came from elsewhere (a remote, already verified): created, written
+/// and given its attributes as a copy restore gives them.
+pub fn write_file(entry: &Entry, dest: &Path, content: &[u8], chown: bool) -> Result<Stamp> {
+    use std::io::Write;
+    let mut out = create_private(dest)?;
     out.write_all(content).at("write", dest)?;
     set_file_attrs(&out, dest, entry, chown)?;
     Ok(Stamp::of(&out.metadata().at("stat", dest)?))
