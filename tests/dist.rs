@@ -7,6 +7,8 @@
 //! source state and cached under `target/dist-wheel/<hash of the sources>/`, so a warm rerun
 //! builds nothing.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -48,24 +50,7 @@ fn ok(cmd: &mut Command) -> String {
 fn tools() -> Option<&'static Path> {
     static TOOLS: OnceLock<Option<PathBuf>> = OnceLock::new();
     TOOLS
-        .get_or_init(|| {
-            let out = Command::new(repo().join(".ci/test-setup-dist.sh"))
-                .arg(target())
-                .output()
-                .expect("run .ci/test-setup-dist.sh");
-            if out.status.success() {
-                return Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-            }
-            let why = format!(
-                "SKIP: .ci/test-setup-dist.sh failed (PyPI unreachable?):\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            if std::env::var("ENVSNAP_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
-                panic!("{why}");
-            }
-            eprintln!("{why}");
-            None
-        })
+        .get_or_init(|| common::setup_fixture("test-setup-dist.sh"))
         .as_deref()
 }
 

@@ -5,6 +5,8 @@
 //!
 //! Needs the dist-tools venv (`.ci/test-setup-dist.sh`: check-jsonschema, ruamel.yaml).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -13,23 +15,7 @@ fn repo() -> PathBuf {
 }
 
 fn tools() -> Option<PathBuf> {
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().to_path_buf();
-    let out = Command::new(repo().join(".ci/test-setup-dist.sh"))
-        .arg(&target)
-        .output()
-        .expect("run .ci/test-setup-dist.sh");
-    if out.status.success() {
-        return Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-    }
-    let why = format!(
-        "SKIP: .ci/test-setup-dist.sh failed (PyPI unreachable?):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if std::env::var("ENVSNAP_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
-        panic!("{why}");
-    }
-    eprintln!("{why}");
-    None
+    common::setup_fixture("test-setup-dist.sh")
 }
 
 fn docs() -> Vec<PathBuf> {

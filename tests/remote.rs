@@ -16,37 +16,14 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-fn require(why: &str) {
-    if std::env::var("ENVSNAP_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
-        panic!("required test prerequisite missing: {why}");
-    }
-    eprintln!("SKIP: {why}");
-}
-
-/// A server binary a `.ci/test-setup-*.sh` script installs on first use (cached under
-/// target/fixtures); the script prints its path.
-fn fixture_bin(cell: &'static OnceLock<Option<PathBuf>>, script: &str) -> Option<&'static PathBuf> {
-    cell.get_or_init(|| {
-        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().to_path_buf();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci").join(script);
-        let out = Command::new(&script).arg(&target).output().ok()?;
-        if !out.status.success() {
-            eprintln!("{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr));
-            return None;
-        }
-        Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-    })
-    .as_ref()
-}
-
 fn moto_bin() -> Option<&'static PathBuf> {
     static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
-    fixture_bin(&BIN, "test-setup-moto.sh")
+    BIN.get_or_init(|| setup_fixture("test-setup-moto.sh")).as_ref()
 }
 
 fn s3s_bin() -> Option<&'static PathBuf> {
     static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
-    fixture_bin(&BIN, "test-setup-s3s.sh")
+    BIN.get_or_init(|| setup_fixture("test-setup-s3s.sh")).as_ref()
 }
 
 fn free_port() -> u16 {
@@ -65,7 +42,7 @@ impl S3 {
     /// only requests signed with the tests' key (`aws_env`).
     fn start_s3s(bucket: &str) -> Option<S3> {
         let Some(bin) = s3s_bin() else {
-            require("the s3s-fs S3 server could not be built (.ci/test-setup-s3s.sh)");
+            pythons::skip("the s3s-fs S3 server could not be built (.ci/test-setup-s3s.sh)");
             return None;
         };
         let root = tempfile::tempdir().unwrap();
@@ -105,7 +82,7 @@ impl S3 {
 
     fn start_with(env: &[(&str, &str)]) -> Option<S3> {
         let Some(bin) = moto_bin() else {
-            require("moto's S3 server could not be installed (.ci/test-setup-moto.sh)");
+            pythons::skip("moto's S3 server could not be installed (.ci/test-setup-moto.sh)");
             return None;
         };
         for _ in 0..5 {
@@ -1137,7 +1114,7 @@ fn pip(venv: &Path, wh: &Path, pkgs: &[&str]) {
 #[test]
 fn a_real_venv_round_trips_through_the_remote_and_one_more_package_uploads_little() {
     let Some((py, wh)) = python_and_wheelhouse() else {
-        require(&format!(
+        pythons::skip(&format!(
             "a CPython 3.9+ with venv and the wheelhouse (.ci/test-setup-venv.sh): {}",
             common::pythons::describe()
         ));

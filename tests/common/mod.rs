@@ -227,3 +227,24 @@ pub fn flip_a_byte(store: &Path) -> String {
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o444)).unwrap();
     p.parent().unwrap().file_name().unwrap().to_string_lossy().into_owned() + &p.file_name().unwrap().to_string_lossy()
 }
+
+/// Run `.ci/SCRIPT TARGET_DIR`, a fixture setup script that installs (and caches under
+/// target/fixtures) what some tests need and prints its path. `None` after a visible skip when
+/// it fails here (offline, no toolchain); with ENVSNAP_REQUIRE_ROOT_TESTS=1 (CI) a failure.
+pub fn setup_fixture(script: &str) -> Option<PathBuf> {
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().to_path_buf();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci").join(script);
+    let out = Command::new(&script)
+        .arg(&target)
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+    if out.status.success() {
+        return Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    }
+    pythons::skip(&format!(
+        "{} failed (package registry unreachable?):\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    ));
+    None
+}
