@@ -5,6 +5,8 @@
 //! lock) and extracted for each case. Downloaded .debs are kept in `target/fixtures/apt-archives`
 //! so reruns do not download again. Cases run one at a time (2-core CI machines).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
@@ -729,14 +731,7 @@ impl Crafted {
         e.path = path.as_bytes().to_vec();
         m.entries.push(e);
         m.entries.sort_by(|a, b| a.path.cmp(&b.path));
-        idx.commit_snapshot(envsnap::index::NewSnapshot {
-            row: &row,
-            manifest: &m,
-            statcache: &Default::default(),
-            keep_statcache: false,
-            objects: &[],
-        })
-        .unwrap();
+        common::plant_snapshot(&mut idx, &row, &m);
     }
 }
 

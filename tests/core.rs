@@ -337,14 +337,7 @@ fn hostile_entries_planted_in_the_index_are_refused_and_nothing_escapes() {
         m.entries.sort_by(|a, b| a.path.cmp(&b.path));
         let mut row = good.clone();
         row.key = key.clone();
-        idx.commit_snapshot(envsnap::index::NewSnapshot {
-            row: &row,
-            manifest: &m,
-            statcache: &Default::default(),
-            keep_statcache: false,
-            objects: &[],
-        })
-        .unwrap();
+        plant_snapshot(&mut idx, &row, &m);
         let dest = d.path().join(format!("out{i}"));
         let o = envsnap(&store, &["restore", dest.to_str().unwrap(), "--key", &key]);
         assert_eq!(code(&o), 2, "{}: {}", String::from_utf8_lossy(path), stderr(&o));

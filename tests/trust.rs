@@ -468,14 +468,7 @@ fn a_crafted_key_in_the_index_cannot_inject_outputs_or_escapes() {
         let mut row = idx.get("good").unwrap().unwrap();
         let m = idx.manifest(row.id).unwrap();
         row.key = evil.into();
-        idx.commit_snapshot(envsnap::index::NewSnapshot {
-            row: &row,
-            manifest: &m,
-            statcache: &Default::default(),
-            keep_statcache: false,
-            objects: &[],
-        })
-        .unwrap();
+        plant_snapshot(&mut idx, &row, &m);
     }
     let gh = d.path().join("gh");
     let out = d.path().join("out");

@@ -248,3 +248,20 @@ pub fn setup_fixture(script: &str) -> Option<PathBuf> {
     ));
     None
 }
+
+/// Commit `row` with manifest `m` straight into an index, behind envsnap's back: how the tests
+/// plant crafted (hostile) snapshots.
+pub fn plant_snapshot(
+    idx: &mut envsnap::index::Index,
+    row: &envsnap::index::SnapshotRow,
+    m: &envsnap::snapshot::Manifest,
+) {
+    idx.commit_snapshot(envsnap::index::NewSnapshot {
+        row,
+        manifest: m,
+        statcache: &Default::default(),
+        keep_statcache: false,
+        objects: &[],
+    })
+    .unwrap();
+}
