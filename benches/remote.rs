@@ -6,8 +6,14 @@
 //! Run: `cargo bench --bench remote` (ENVSNAP_BENCH_RUNS=N, default 3). Fixtures as for
 //! benches/venv.rs (the same discovered interpreter, `$ENVSNAP_BENCH_PYTHON` to choose it), plus
 //! moto from `.ci/test-setup-moto.sh`.
+//!
+//! The cold upload is measured again through a link of a given speed (benches/common/link.rs;
+//! `ENVSNAP_BENCH_LINK_MBIT`, default `1000,500`, empty for none): on loopback moto and envsnap
+//! share this machine's cores, so the unlimited figure measures CPU alone.
 
 mod common;
+#[path = "common/link.rs"]
+mod link;
 
 use common::{median, sh};
 use std::io::{Read, Write};
@@ -229,6 +235,35 @@ fn main() {
         )
         .unwrap();
     }
+    // The cold upload through a link of a given speed, both sides through the same proxy.
+    let mut links = Vec::new();
+    let rates = std::env::var("ENVSNAP_BENCH_LINK_MBIT").unwrap_or_else(|_| "1000,500".into());
+    for mbit in rates.split(',').filter_map(|r| r.trim().parse::<f64>().ok()) {
+        let lport = link::start(port, mbit);
+        let (mut es_t, mut tar_t) = (vec![], vec![]);
+        for run in 0..runs {
+            let t = Instant::now();
+            sh(&format!(
+                "AWS_ACCESS_KEY_ID=b AWS_SECRET_ACCESS_KEY=b AWS_REGION=us-east-1 AWS_ENDPOINT_URL=http://127.0.0.1:{lport} \
+                 AWS_EC2_METADATA_DISABLED=true {b} --store {w}/s{run} --remote s3://bench/l{mbit}-{run} -q push venv"
+            ));
+            es_t.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            assert_eq!(
+                http(
+                    lport,
+                    "PUT",
+                    &format!("/bench/ltar{mbit}-{run}/venv.tar.zst"),
+                    "",
+                    &archive
+                )
+                .0,
+                200
+            );
+            tar_t.push(t.elapsed().as_secs_f64());
+        }
+        links.push((mbit, median(es_t), median(tar_t)));
+    }
     let (ut, ue, dt, de) = (median(up_tar), median(up_es), median(down_tar), median(down_es));
     println!(
         "venv: {} MB, {files} files; tar.zst {:.1} MB; {runs} runs, medians",
@@ -242,6 +277,12 @@ fn main() {
         cold["pushed"][0]["packs"],
         cold["remote"]["bytes_up"].as_f64().unwrap() / 1e6
     );
+    for (mbit, e, t) in links {
+        println!(
+            "cold upload through a {mbit} Mbit/s link: envsnap push {e:.2}s vs tar.zst PUT {t:.2}s = {:.2}x",
+            e / t
+        );
+    }
     let (se, stz) = (median(save_es), median(save_tar));
     println!(
         "cold save end to end: envsnap save with a remote {se:.2}s vs tar | zstd -T0 + PUT {stz:.2}s = {:.2}x",

@@ -45,7 +45,7 @@ pub struct RemoteGcOptions {
 }
 
 /// restic's `--max-unused` default is 5 %: it repacks eagerly because its packs are small.
-/// Ours are 32 MiB and a repack re-uploads what it keeps, so a pack is rewritten only once
+/// Ours are 16 MiB and a repack re-uploads what it keeps, so a pack is rewritten only once
 /// most of it is garbage: the copy then costs less than the space it frees.
 pub const DEFAULT_REPACK_THRESHOLD: u8 = 50;
 

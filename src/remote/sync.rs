@@ -158,9 +158,11 @@ impl Remote {
                     }
                     let frames: Vec<Result<(ObjectId, u64, Vec<u8>)>> = needed[start..end]
                         .par_iter()
-                        .map(|(id, _)| {
+                        .map(|(id, size)| {
                             let mut f = store.objects.open(id)?;
-                            let mut data = Vec::new();
+                            // Sized up front: growing by doubling copies a large object
+                            // several times and faults in fresh pages at each step.
+                            let mut data = Vec::with_capacity(*size as usize + 1);
                             f.read_to_end(&mut data)
                                 .map_err(|e| Error::io("read", store.objects.path(id), e))?;
                             if blake3::hash(&data).as_bytes() != &id.hash {
