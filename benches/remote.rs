@@ -127,10 +127,13 @@ fn main() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(http(port, "PUT", "/bench", "", b"").0, 200);
-    let env = format!(
-        "AWS_ACCESS_KEY_ID=b AWS_SECRET_ACCESS_KEY=b AWS_REGION=us-east-1 AWS_ENDPOINT_URL=http://127.0.0.1:{port} \
-         AWS_EC2_METADATA_DISABLED=true"
-    );
+    let env_for = |port: u16| {
+        format!(
+            "AWS_ACCESS_KEY_ID=b AWS_SECRET_ACCESS_KEY=b AWS_REGION=us-east-1 AWS_ENDPOINT_URL=http://127.0.0.1:{port} \
+             AWS_EC2_METADATA_DISABLED=true"
+        )
+    };
+    let env = env_for(port);
     let es = |store: &str, args: &str| -> serde_json::Value {
         let out = sh(&format!(
             "{env} {b} --store {w}/{store} --remote s3://bench/r{store} --json {args}"
@@ -244,8 +247,8 @@ fn main() {
         for run in 0..runs {
             let t = Instant::now();
             sh(&format!(
-                "AWS_ACCESS_KEY_ID=b AWS_SECRET_ACCESS_KEY=b AWS_REGION=us-east-1 AWS_ENDPOINT_URL=http://127.0.0.1:{lport} \
-                 AWS_EC2_METADATA_DISABLED=true {b} --store {w}/s{run} --remote s3://bench/l{mbit}-{run} -q push venv"
+                "{} {b} --store {w}/s{run} --remote s3://bench/l{mbit}-{run} -q push venv",
+                env_for(lport)
             ));
             es_t.push(t.elapsed().as_secs_f64());
             let t = Instant::now();
