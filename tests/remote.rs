@@ -992,6 +992,44 @@ fn read_message(s: &mut impl Read, head_only_body: bool) -> Option<Vec<u8>> {
     Some(buf)
 }
 
+/// An HTTP proxy in front of moto on a free port, one request at a time per connection:
+/// `intercept` sees each request first and may answer it itself (returns true); the others
+/// are forwarded and their responses passed back.
+fn http_proxy<F>(upstream: u16, intercept: F) -> u16
+where
+    F: Fn(&[u8], &mut TcpStream) -> bool + Clone + Send + 'static,
+{
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut client) = conn else { continue };
+            let intercept = intercept.clone();
+            std::thread::spawn(move || {
+                while let Some(req) = read_message(&mut client, false) {
+                    if intercept(&req, &mut client) {
+                        continue;
+                    }
+                    let is_head = req.starts_with(b"HEAD ");
+                    let Ok(mut up) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                        return;
+                    };
+                    if up.write_all(&req).is_err() {
+                        return;
+                    }
+                    let Some(resp) = read_message(&mut up, is_head) else {
+                        return;
+                    };
+                    if client.write_all(&resp).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
 /// A proxy in front of moto that answers every third request with 503 SlowDown (and some
 /// with 500 InternalError) instead of forwarding it.
 struct FlakyProxy {
@@ -1003,49 +1041,27 @@ impl FlakyProxy {
     fn start(upstream: u16) -> FlakyProxy {
         use std::sync::atomic::{AtomicU64, Ordering};
         use std::sync::Arc;
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
         let count = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
         let f2 = failed.clone();
-        std::thread::spawn(move || {
-            for conn in l.incoming() {
-                let Ok(mut client) = conn else { continue };
-                let (count, failed) = (count.clone(), f2.clone());
-                std::thread::spawn(move || {
-                    while let Some(req) = read_message(&mut client, false) {
-                        let n = count.fetch_add(1, Ordering::SeqCst);
-                        if n % 3 == 1 {
-                            failed.fetch_add(1, Ordering::SeqCst);
-                            let (status, code) = if n % 2 == 0 {
-                                ("500 Internal Server Error", "InternalError")
-                            } else {
-                                ("503 Slow Down", "SlowDown")
-                            };
-                            let body = format!("<Error><Code>{code}</Code><Message>try again</Message></Error>");
-                            let _ = write!(
-                                client,
-                                "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
-                                body.len()
-                            );
-                            continue;
-                        }
-                        let is_head = req.starts_with(b"HEAD ");
-                        let Ok(mut up) = TcpStream::connect(("127.0.0.1", upstream)) else {
-                            return;
-                        };
-                        if up.write_all(&req).is_err() {
-                            return;
-                        }
-                        let Some(resp) = read_message(&mut up, is_head) else {
-                            return;
-                        };
-                        if client.write_all(&resp).is_err() {
-                            return;
-                        }
-                    }
-                });
+        let port = http_proxy(upstream, move |_req, client| {
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            if n % 3 != 1 {
+                return false;
             }
+            f2.fetch_add(1, Ordering::SeqCst);
+            let (status, code) = if n.is_multiple_of(2) {
+                ("500 Internal Server Error", "InternalError")
+            } else {
+                ("503 Slow Down", "SlowDown")
+            };
+            let body = format!("<Error><Code>{code}</Code><Message>try again</Message></Error>");
+            let _ = write!(
+                client,
+                "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            true
         });
         FlakyProxy { port, failed }
     }
@@ -1802,40 +1818,18 @@ impl PackGate {
     fn start(upstream: u16) -> PackGate {
         use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::{Arc, Mutex};
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
         let open = Arc::new(AtomicBool::new(false));
         let held = Arc::new(Mutex::new(Vec::new()));
         let (o2, h2) = (open.clone(), held.clone());
-        std::thread::spawn(move || {
-            for conn in l.incoming() {
-                let Ok(mut client) = conn else { continue };
-                let (open, held) = (o2.clone(), h2.clone());
-                std::thread::spawn(move || {
-                    while let Some(req) = read_message(&mut client, false) {
-                        let line = String::from_utf8_lossy(&req).lines().next().unwrap_or("").to_string();
-                        if line.contains("/packs/") && !open.load(Ordering::SeqCst) {
-                            held.lock().unwrap().push(line);
-                            while !open.load(Ordering::SeqCst) {
-                                std::thread::sleep(Duration::from_millis(20));
-                            }
-                        }
-                        let is_head = req.starts_with(b"HEAD ");
-                        let Ok(mut up) = TcpStream::connect(("127.0.0.1", upstream)) else {
-                            return;
-                        };
-                        if up.write_all(&req).is_err() {
-                            return;
-                        }
-                        let Some(resp) = read_message(&mut up, is_head) else {
-                            return;
-                        };
-                        if client.write_all(&resp).is_err() {
-                            return;
-                        }
-                    }
-                });
+        let port = http_proxy(upstream, move |req, _client| {
+            let line = String::from_utf8_lossy(req).lines().next().unwrap_or("").to_string();
+            if line.contains("/packs/") && !o2.load(Ordering::SeqCst) {
+                h2.lock().unwrap().push(line);
+                while !o2.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
             }
+            false
         });
         PackGate { port, open, held }
     }
