@@ -769,7 +769,6 @@ impl Index {
         Ok(out)
     }
 
-    /// The (size, mtime, inode) recorded for an object, if any.
     /// Whether this store has ever written an object (the `objects` table is not empty): a
     /// store that caches keeps caching; an empty one is a fresh runner's.
     pub fn has_objects(&self) -> Result<bool> {
@@ -778,6 +777,7 @@ impl Index {
             .map_err(|e| self.err(e))
     }
 
+    /// The (size, mtime, inode) recorded for an object, if any.
     pub fn object_stat(&self, id: &ObjectId) -> Result<Option<ObjectStat>> {
         self.conn
             .prepare_cached("SELECT size, mtime_ns, ino FROM objects WHERE id = ?1")

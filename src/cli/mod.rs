@@ -191,11 +191,10 @@ pub fn main() -> ExitCode {
                 .or_else(|| {
                     // Only for a bare `--remote`. An argument that is not UTF-8 (a path) is
                     // never a URL: it stands in as "-", which is never taken for one either.
-                    let bare = bare_remote;
                     let args = std::env::args_os()
                         .skip(1)
                         .map(|a| a.into_string().unwrap_or_else(|_| "-".into()));
-                    bare.then(|| url_before_bare_remote(args)).flatten()
+                    bare_remote.then(|| url_before_bare_remote(args)).flatten()
                 })
                 .or_else(|| std::env::var("ENVSNAP_REMOTE").ok())
                 .filter(|r| !r.is_empty())

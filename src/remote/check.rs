@@ -114,23 +114,15 @@ impl Remote {
     fn check_packs(&self, mut packs: Vec<WholePack>, rep: &mut RemoteVerifyReport) {
         // Largest first, so the long reads start early.
         packs.sort_by_key(|p| std::cmp::Reverse(p.1));
-        let queue = Mutex::new(packs);
         let out = Mutex::new((Vec::new(), 0u64, 0u64, 0u64));
-        std::thread::scope(|s| {
-            for _ in 0..super::client::CONCURRENCY.min(8) {
-                s.spawn(|| loop {
-                    let Some((hash, size, locs)) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop() else {
-                        break;
-                    };
-                    let mut problems = Vec::new();
-                    let objects = self.check_pack(&hash, size, locs, &mut problems);
-                    let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
-                    o.0.extend(problems);
-                    o.1 += 1;
-                    o.2 += objects;
-                    o.3 += size;
-                });
-            }
+        super::concurrently(packs, |(hash, size, locs)| {
+            let mut problems = Vec::new();
+            let objects = self.check_pack(&hash, size, locs, &mut problems);
+            let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
+            o.0.extend(problems);
+            o.1 += 1;
+            o.2 += objects;
+            o.3 += size;
         });
         let (problems, packs, objects, bytes) = out.into_inner().unwrap_or_else(|p| p.into_inner());
         rep.problems.extend(problems);

@@ -571,7 +571,6 @@ impl Remote {
         keep: &mut Vec<(ObjectId, Loc)>,
         rep: &mut RemoteGcReport,
     ) -> Result<(Vec<PackLocs>, Vec<Candidate>)> {
-        use super::sync::{COALESCE_GAP, MAX_SPAN};
         type Frames = Vec<(ObjectId, u64, Vec<u8>)>;
         cands.sort_by_key(|c| c.pack);
         let mut new_packs: Vec<PackLocs> = Vec::new();
@@ -594,57 +593,37 @@ impl Remote {
                 batch.push(cand);
             }
             // Coalesced ranges of the batch's live frames: (candidate, start, end, objects).
-            let mut spans: Vec<(usize, u64, u64, Entries)> = Vec::new();
-            for (i, cand) in batch.iter().enumerate() {
-                let mut cur: Option<(u64, u64, Entries)> = None;
-                for &(id, l) in &cand.live {
-                    let (s, e) = (l.offset, l.offset + l.clen as u64);
-                    cur = match cur {
-                        Some((cs, ce, mut v)) if s <= ce + COALESCE_GAP && e - cs <= MAX_SPAN => {
-                            v.push((id, l));
-                            Some((cs, ce.max(e), v))
-                        }
-                        Some((cs, ce, v)) => {
-                            spans.push((i, cs, ce, v));
-                            Some((s, e, vec![(id, l)]))
-                        }
-                        None => Some((s, e, vec![(id, l)])),
-                    };
-                }
-                if let Some((cs, ce, v)) = cur {
-                    spans.push((i, cs, ce, v));
-                }
-            }
-            let queue = Mutex::new(spans);
+            let spans: Vec<(usize, u64, u64, Entries)> = batch
+                .iter()
+                .enumerate()
+                .flat_map(|(i, cand)| {
+                    super::sync::coalesce(cand.live.clone(), |o| o.1)
+                        .into_iter()
+                        .map(move |(start, end, v)| (i, start, end, v))
+                })
+                .collect();
             let got: Mutex<Vec<Result<Frames>>> = Mutex::new(batch.iter().map(|_| Ok(Vec::new())).collect());
-            std::thread::scope(|s| {
-                for _ in 0..super::client::CONCURRENCY.min(8) {
-                    s.spawn(|| loop {
-                        let Some((i, start, end, objs)) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop() else {
-                            break;
-                        };
-                        if got.lock().unwrap_or_else(|p| p.into_inner())[i].is_err() {
-                            continue;
-                        }
-                        let path = layout::pack_path(&pack::hex(&batch[i].pack));
-                        let r = (|| -> Result<Frames> {
-                            let data = c.block_on(c.read_range(&path, start, end))??;
-                            let mut out = Vec::new();
-                            for (id, l) in objs {
-                                let a = (l.offset - start) as usize;
-                                let frame = &data[a..a + l.clen as usize];
-                                pack::decompress_verified(frame, &id, l.size, &path)?;
-                                out.push((id, l.size, frame.to_vec()));
-                            }
-                            Ok(out)
-                        })();
-                        let mut g = got.lock().unwrap_or_else(|p| p.into_inner());
-                        match (r, &mut g[i]) {
-                            (Ok(f), Ok(v)) => v.extend(f),
-                            (Err(e), slot) => *slot = Err(e),
-                            (Ok(_), Err(_)) => {}
-                        }
-                    });
+            super::concurrently(spans, |(i, start, end, objs)| {
+                if got.lock().unwrap_or_else(|p| p.into_inner())[i].is_err() {
+                    return;
+                }
+                let path = layout::pack_path(&pack::hex(&batch[i].pack));
+                let r = (|| -> Result<Frames> {
+                    let data = c.block_on(c.read_range(&path, start, end))??;
+                    let mut out = Vec::new();
+                    for (id, l) in objs {
+                        let a = (l.offset - start) as usize;
+                        let frame = &data[a..a + l.clen as usize];
+                        pack::decompress_verified(frame, &id, l.size, &path)?;
+                        out.push((id, l.size, frame.to_vec()));
+                    }
+                    Ok(out)
+                })();
+                let mut g = got.lock().unwrap_or_else(|p| p.into_inner());
+                match (r, &mut g[i]) {
+                    (Ok(f), Ok(v)) => v.extend(f),
+                    (Err(e), slot) => *slot = Err(e),
+                    (Ok(_), Err(_)) => {}
                 }
             });
             let got = got.into_inner().unwrap_or_else(|p| p.into_inner());

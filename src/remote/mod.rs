@@ -330,3 +330,19 @@ impl crate::delete::KeyDeleter for Remote {
         Ok(report)
     }
 }
+
+/// Run `f` on each item from this many threads at once (remote reads block on the network, so
+/// they want more threads than rayon's one per core), taking items in their order: callers
+/// put the longest reads first so they start early.
+pub(crate) fn concurrently<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync) {
+    let queue = std::sync::Mutex::new(items.into_iter());
+    std::thread::scope(|s| {
+        for _ in 0..client::CONCURRENCY.min(8) {
+            s.spawn(|| loop {
+                let next = queue.lock().unwrap_or_else(|p| p.into_inner()).next();
+                let Some(item) = next else { break };
+                f(item);
+            });
+        }
+    });
+}

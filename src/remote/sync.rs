@@ -31,9 +31,29 @@ use std::sync::Mutex;
 
 /// Ranges of one pack closer than this are read as one request (reading a gap is cheaper than
 /// another round trip).
-pub(crate) const COALESCE_GAP: u64 = 1 << 20;
+const COALESCE_GAP: u64 = 1 << 20;
 /// One ranged read never spans more than this: bounded memory per request.
 pub(crate) const MAX_SPAN: u64 = 48 << 20;
+
+/// One pack's wanted objects as coalesced ranges `(start, end, objects)`, in offset order:
+/// neighbours closer than [`COALESCE_GAP`] share one read of at most [`MAX_SPAN`] bytes (or
+/// one object's frame, if longer).
+pub(crate) fn coalesce<T>(mut objs: Vec<T>, loc: impl Fn(&T) -> Loc) -> Vec<(u64, u64, Vec<T>)> {
+    objs.sort_by_key(|o| loc(o).offset);
+    let mut out: Vec<(u64, u64, Vec<T>)> = Vec::new();
+    for o in objs {
+        let l = loc(&o);
+        let (s, e) = (l.offset, l.offset + l.clen as u64);
+        match out.last_mut() {
+            Some((cs, ce, v)) if s <= *ce + COALESCE_GAP && e - *cs <= MAX_SPAN => {
+                *ce = (*ce).max(e);
+                v.push(o);
+            }
+            _ => out.push((s, e, vec![o])),
+        }
+    }
+    out
+}
 /// Objects compressed together before being appended to packs (bounded memory).
 const BATCH_BYTES: u64 = 64 << 20;
 /// Pack uploads in flight at once.
@@ -386,61 +406,39 @@ impl Remote {
         sink: Sink,
     ) -> Result<Vec<([u8; 32], Vec<Wanted>)>> {
         // Coalesce each pack's ranges.
-        let mut ranges: Vec<Span> = Vec::new();
-        for (pack, mut objs) in by_pack {
-            objs.sort_by_key(|o| o.1.offset);
-            let mut cur: Option<(u64, u64, Vec<Wanted>)> = None;
-            for o in objs {
-                let (s, e) = (o.1.offset, o.1.offset + o.1.clen as u64);
-                cur = match cur {
-                    Some((cs, ce, mut v)) if s <= ce + COALESCE_GAP && e - cs <= MAX_SPAN => {
-                        v.push(o);
-                        Some((cs, ce.max(e), v))
-                    }
-                    Some((cs, ce, v)) => {
-                        ranges.push((pack, cs, ce, v));
-                        Some((s, e, vec![o]))
-                    }
-                    None => Some((s, e, vec![o])),
-                };
-            }
-            if let Some((cs, ce, v)) = cur {
-                ranges.push((pack, cs, ce, v));
-            }
-        }
+        let mut ranges: Vec<Span> = by_pack
+            .into_iter()
+            .flat_map(|(pack, objs)| {
+                coalesce(objs, |o| o.1)
+                    .into_iter()
+                    .map(move |(start, end, v)| (pack, start, end, v))
+            })
+            .collect();
         report.ranges += ranges.len() as u64;
         // Largest first, so the long reads start early.
         ranges.sort_by_key(|r| std::cmp::Reverse(r.2 - r.1));
-        let queue = Mutex::new(ranges);
         let failed: Mutex<Option<Error>> = Mutex::new(None);
         let missing: Mutex<BTreeMap<[u8; 32], Vec<Wanted>>> = Mutex::new(BTreeMap::new());
         let fetched = std::sync::atomic::AtomicU64::new(0);
         let fetched_bytes = std::sync::atomic::AtomicU64::new(0);
-        std::thread::scope(|s| {
-            for _ in 0..super::client::CONCURRENCY.min(8) {
-                s.spawn(|| loop {
-                    if failed.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
-                        break;
-                    }
-                    let Some((pack, start, end, objs)) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop() else {
-                        break;
-                    };
-                    match self.fetch_range(&pack, start, end, &objs, sink) {
-                        Ok(Some(bytes)) => {
-                            fetched.fetch_add(objs.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                            fetched_bytes.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        Ok(None) => missing
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .entry(pack)
-                            .or_default()
-                            .extend(objs),
-                        Err(e) => {
-                            failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
-                        }
-                    }
-                });
+        super::concurrently(ranges, |(pack, start, end, objs)| {
+            if failed.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                return;
+            }
+            match self.fetch_range(&pack, start, end, &objs, sink) {
+                Ok(Some(bytes)) => {
+                    fetched.fetch_add(objs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    fetched_bytes.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(None) => missing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(pack)
+                    .or_default()
+                    .extend(objs),
+                Err(e) => {
+                    failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                }
             }
         });
         if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
@@ -528,4 +526,32 @@ pub fn objects_of(docs: &[Doc]) -> Result<HashMap<ObjectId, u64>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(offset: u64, clen: u32) -> Loc {
+        Loc {
+            pack: [0; 32],
+            offset,
+            clen,
+            size: clen as u64,
+        }
+    }
+
+    #[test]
+    fn coalesce_joins_near_frames_and_splits_at_gaps_and_the_span_limit() {
+        // Out of order; 10..20 and 25..30 are a small gap apart; 5 MiB on is beyond the gap.
+        let far = 5 << 20;
+        let r = coalesce(vec![at(25, 5), at(10, 10), at(far, 100)], |l| *l);
+        let shape: Vec<(u64, u64, usize)> = r.iter().map(|(s, e, v)| (*s, *e, v.len())).collect();
+        assert_eq!(shape, vec![(10, 30, 2), (far, far + 100, 1)]);
+        // Adjacent frames stop sharing a read once it would exceed MAX_SPAN.
+        let big = (MAX_SPAN / 2) as u32;
+        let r = coalesce(vec![at(0, big), at(big as u64, big), at(2 * big as u64, big)], |l| *l);
+        assert_eq!(r.len(), 2);
+        assert!(r.iter().all(|(s, e, _)| e - s <= MAX_SPAN));
+    }
 }
